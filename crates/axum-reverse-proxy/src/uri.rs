@@ -1,0 +1,200 @@
+//! Upstream targets and the pure rules that join a request's path onto them.
+//!
+//! A target (`http://upstream:8080/base?k=v`) is parsed once, when the proxy is built
+//! ([`Target::parse`]); every request then goes through [`join_path_and_query`], which
+//! does no parsing and at most one allocation.
+//!
+//! # The joining rules
+//!
+//! With `B` the proxy's mount path (trailing slashes ignored), `T` the target path
+//! (trailing slashes ignored, `/` counts as empty) and `P?Q` the request:
+//!
+//! 1. **Remainder.** If `P` equals `B`, or starts with `B` followed by `/`, the remainder
+//!    `R` is `P` without `B`. A request for the root of a root mount (`B` empty, `P = /`)
+//!    has an empty remainder. Any other request (possible when the proxy is a fallback
+//!    service) keeps its whole path: `R = P`. Matching is byte-wise on the raw,
+//!    percent-encoded path, so `/a%2Fb` is not `/a/b`.
+//! 2. **Join.** An empty `R` gives `T` itself (with its trailing slash if the target had
+//!    one, `/` if `T` is empty); otherwise `T + R`, verbatim.
+//! 3. **Query.** The target's query first, then the request's, joined with `&`.
+//! 4. **No normalisation.** Percent-encoding, dot segments, `//` and case are kept exactly
+//!    as received: the upstream sees the bytes the client sent.
+//!
+//! | mount `B` | target | request | upstream |
+//! |---|---|---|---|
+//! | `/api` | `http://u/bar` | `/api` | `/bar` |
+//! | `/api` | `http://u/bar` | `/api/` | `/bar/` |
+//! | `/api` | `http://u/bar` | `/api/x?y=1` | `/bar/x?y=1` |
+//! | `/api` | `http://u/base/` | `/api` | `/base/` |
+//! | `/api` | `http://u` | `/api/api/x` | `/api/x` (stripped once) |
+//! | `/` or `""` | `http://u/api` | `/` | `/api` |
+//! | `/` | `http://u/api` | `/x/` | `/api/x/` |
+//! | `/p` | `http://u/t?k=v` | `/p?q=1` | `/t?k=v&q=1` |
+
+use http::HeaderValue;
+use http::uri::{Authority, Scheme, Uri};
+
+use crate::error::InvalidTarget;
+
+/// An upstream target, parsed and validated once.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    raw: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// The target path with trailing slashes removed; empty for `/`.
+    path: String,
+    /// The target path ended with `/` and was more than `/`.
+    trailing_slash: bool,
+    query: Option<String>,
+    host_header: HeaderValue,
+}
+
+impl Target {
+    /// Parse a proxy target. Accepts `http`, `https`, and `ws`/`wss` (as aliases of
+    /// `http`/`https`), or no scheme at all (`localhost:3000` means `http://localhost:3000`).
+    pub(crate) fn parse(raw: &str) -> Result<Target, InvalidTarget> {
+        let invalid = |reason| InvalidTarget {
+            target: raw.to_owned(),
+            reason,
+        };
+        let uri: Uri = raw
+            .trim()
+            .parse()
+            .map_err(|_| invalid("not a valid URI"))?;
+        let scheme = match uri.scheme_str() {
+            None | Some("http") | Some("ws") => Scheme::HTTP,
+            Some("https") | Some("wss") => Scheme::HTTPS,
+            Some(_) => return Err(invalid("the scheme must be http or https")),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid("it has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid("user information in the target is not supported"));
+        }
+        if authority.host().is_empty() {
+            return Err(invalid("it has no host"));
+        }
+        let raw_path = uri.path();
+        let trimmed = raw_path.trim_end_matches('/');
+        let trailing_slash = !trimmed.is_empty() && trimmed.len() != raw_path.len();
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| invalid("the host is not a valid header value"))?;
+        Ok(Target {
+            raw: raw.to_owned(),
+            scheme,
+            authority,
+            path: trimmed.to_owned(),
+            trailing_slash,
+            query: uri.query().filter(|q| !q.is_empty()).map(str::to_owned),
+            host_header,
+        })
+    }
+
+    /// The target exactly as the user gave it.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub(crate) fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    pub(crate) fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The `Host` header value that names this target.
+    pub(crate) fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
+    /// The host without brackets (what TLS SNI and DNS want).
+    pub(crate) fn host(&self) -> &str {
+        self.authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// The port, explicit or the scheme's default.
+    pub(crate) fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.is_https() { 443 } else { 80 })
+    }
+}
+
+/// Strip trailing slashes from a mount path: `/api/` and `/api` mount the same place,
+/// and `/` is the same as `""`.
+pub(crate) fn normalize_base(base: &str) -> &str {
+    base.trim_end_matches('/')
+}
+
+/// Join a request's path and query onto a target, per the module's rules.
+///
+/// `base` must already be normalised ([`normalize_base`]). With `strip == false` the
+/// request path is taken as the remainder whole (the caller knows the mount prefix was
+/// already removed, as under `Router::nest`).
+pub(crate) fn join_path_and_query(
+    base: &str,
+    target: &Target,
+    path: &str,
+    query: Option<&str>,
+    strip: bool,
+) -> String {
+    let remainder = if !strip {
+        if path == "/" { "" } else { path }
+    } else if base.is_empty() {
+        if path == "/" { "" } else { path }
+    } else {
+        match path.strip_prefix(base) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => path,
+        }
+    };
+
+    let target_query = target.query.as_deref();
+    let mut out = String::with_capacity(
+        target.path.len()
+            + remainder.len()
+            + 2
+            + target_query.map_or(0, |q| q.len() + 1)
+            + query.map_or(0, |q| q.len() + 1),
+    );
+    out.push_str(&target.path);
+    if remainder.is_empty() {
+        if target.path.is_empty() || target.trailing_slash {
+            out.push('/');
+        }
+    } else {
+        out.push_str(remainder);
+    }
+    match (target_query, query) {
+        (Some(tq), Some(q)) if !q.is_empty() => {
+            out.push('?');
+            out.push_str(tq);
+            out.push('&');
+            out.push_str(q);
+        }
+        (Some(tq), _) => {
+            out.push('?');
+            out.push_str(tq);
+        }
+        (None, Some(q)) => {
+            out.push('?');
+            out.push_str(q);
+        }
+        (None, None) => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,12 +1,93 @@
-//! A reverse proxy for [axum] and [tower].
+//! A reverse proxy for [axum] and [tower]: embed it in an application, or mount it as a
+//! whole router.
 //!
-//! Drop-in for the public API of axum-reverse-proxy 1.3, with correct HTTP proxy semantics.
+//! This crate is a drop-in for the public API of axum-reverse-proxy 1.3: code written for
+//! it compiles unchanged. Its behaviour follows HTTP: hop-by-hop headers are removed,
+//! bodies and trailers stream both ways (gRPC works with no configuration), errors map
+//! to 502/503/504 with a typed [`ProxyError`] on the response, and new capability comes
+//! through [`ProxyPolicy`] and `with_*` builders.
+//!
+//! ```no_run
+//! use axum::Router;
+//! use axum_reverse_proxy::ReverseProxy;
+//!
+//! # async fn run() {
+//! let proxy = ReverseProxy::new("/api", "http://127.0.0.1:3000");
+//! let app: Router = Router::new()
+//!     .route("/", axum::routing::get(|| async { "hello" }))
+//!     .merge(proxy);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! axum::serve(
+//!     listener,
+//!     app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+//! )
+//! .await
+//! .unwrap();
+//! # }
+//! ```
+//!
+//! # URI joining
+//! A proxy mounted at `/api` with target `http://upstream/base` sends `/api/x?y=1` to
+//! `http://upstream/base/x?y=1`. The mount path is removed once, the rest is appended
+//! verbatim (percent-encoding, `//` and dot segments are not touched), and the target's
+//! own query comes before the request's. See the table in the `uri` rules below:
+//!
+//! | mount | target | request | upstream |
+//! |---|---|---|---|
+//! | `/api` | `http://u/bar` | `/api` | `/bar` |
+//! | `/api` | `http://u/bar` | `/api/` | `/bar/` |
+//! | `/api` | `http://u/base/` | `/api` | `/base/` |
+//! | `/api` | `http://u` | `/api/api/x` | `/api/x` |
+//! | `/` | `http://u/api` | `/` | `/api` |
+//! | `/p` | `http://u/t?k=v` | `/p?q=1` | `/t?k=v&q=1` |
+//!
+//! # Headers
+//! Hop-by-hop headers are removed both ways (`TE: trailers` is kept). `Host` becomes the
+//! target's authority unless [`HostBehaviour::Preserve`] is set. When the server records
+//! the peer address (`into_make_service_with_connect_info::<SocketAddr>()`), the proxy
+//! appends `X-Forwarded-For` and sets `X-Forwarded-Host`/`-Proto`; RFC 7239 `Forwarded`
+//! and `Via` are opt-in. [`TrustedProxies`] decides whose incoming forwarding headers are
+//! believed.
+//!
+//! # Errors
+//! | cause | status |
+//! |---|---|
+//! | connect failure, upstream reset, malformed response | 502 |
+//! | no endpoint available | 503 |
+//! | upstream response-header timeout | 504 |
+//! | request body over the limit | 413 |
+//! | `CONNECT` | 501 |
+//! | loop (our `Via` pseudonym seen again) | 508 |
+//!
+//! Bodies are generic; the cause is logged and attached as a [`ProxyError`] extension.
+//!
+//! # Features
+//! - `tls` (default): rustls with Mozilla's roots, HTTP/2 by ALPN.
+//! - `native-tls`: the platform's TLS library instead (wins when both are on).
+//! - `dns`: DNS service discovery.
+//! - `full`: `tls` and `dns`.
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 #![deny(unreachable_pub)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod error;
+mod headers;
+mod policy;
+mod proxy;
+mod router;
 mod uri;
 
+pub use client::ProxyConnector;
+#[cfg(feature = "native-tls")]
+pub use client::tls::create_dangerous_native_tls_connector;
+#[cfg(feature = "tls")]
+pub use client::tls::create_dangerous_rustls_config;
 pub use error::{InvalidTarget, ProxyError};
+pub use policy::{HostBehaviour, ProxyPolicy, TrustedProxies, XForwardedFor};
+pub use proxy::ReverseProxy;
+pub use router::{ProxyRouterExt, TargetResolver, TemplateTarget, proxy_template};
+
+/// [`ReverseProxy`] over the default connector.
+pub type StandardReverseProxy = ReverseProxy<ProxyConnector>;

@@ -34,6 +34,7 @@
 use http::HeaderValue;
 use http::uri::{Authority, Scheme, Uri};
 
+use crate::client::UpstreamKey;
 use crate::error::InvalidTarget;
 
 /// An upstream target, parsed and validated once.
@@ -48,6 +49,7 @@ pub(crate) struct Target {
     trailing_slash: bool,
     query: Option<String>,
     host_header: HeaderValue,
+    key: UpstreamKey,
 }
 
 impl Target {
@@ -82,10 +84,15 @@ impl Target {
         let trailing_slash = !trimmed.is_empty() && trimmed.len() != raw_path.len();
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| invalid("the host is not a valid header value"))?;
+        let key = UpstreamKey {
+            https: scheme == Scheme::HTTPS,
+            authority: authority.clone(),
+        };
         Ok(Target {
             raw: raw.to_owned(),
             scheme,
             authority,
+            key,
             path: trimmed.to_owned(),
             trailing_slash,
             query: uri.query().filter(|q| !q.is_empty()).map(str::to_owned),
@@ -108,6 +115,11 @@ impl Target {
 
     pub(crate) fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// Which pooled connections can carry requests to this target.
+    pub(crate) fn pool_key(&self) -> &UpstreamKey {
+        &self.key
     }
 
     /// The `Host` header value that names this target.

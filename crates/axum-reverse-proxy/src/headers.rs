@@ -1,0 +1,226 @@
+//! Header rules: hop-by-hop stripping, forwarding headers (`X-Forwarded-*`, `Forwarded`)
+//! and `Via`.
+//!
+//! All functions here are pure edits of a [`HeaderMap`]; the proxy calls them on the way
+//! up (request) and on the way down (response).
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and must not be
+//! forwarded: `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
+//! `TE` (except `TE: trailers`, which gRPC needs end to end), `Trailer`,
+//! `Transfer-Encoding`, `Upgrade` (except on an upgrade, which the proxy carries through),
+//! and the proxy's own `Proxy-Authorization` / `Proxy-Authenticate`.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: HeaderName = header::FORWARDED;
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// The comma-separated tokens of every line of a header, trimmed.
+pub(crate) fn tokens<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a header carries `token` in its comma list (case-insensitive).
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// An HTTP/1.1 upgrade request (RFC 9110 §7.8): `Upgrade` present and `Connection`
+/// naming `upgrade` anywhere in its list.
+pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && has_token(headers, &header::CONNECTION, "upgrade")
+}
+
+/// Remove hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and `Connection`
+/// is reduced to `upgrade`, as an upgrade handshake needs.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: most messages carry none of these.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if keep_upgrade && name == header::UPGRADE {
+                continue;
+            }
+            // `Connection: te` must not take `TE: trailers` away: TE is handled below.
+            if name == header::TE {
+                continue;
+            }
+            headers.remove(&name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    if headers.contains_key(header::TE) {
+        let trailers = has_token(headers, &header::TE, "trailers");
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The protocol-version token of a `Via` element (RFC 9110 §7.6.3).
+pub(crate) fn via_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Whether any `Via` element was received by `pseudonym`: the request has looped.
+pub(crate) fn via_has_pseudonym(headers: &HeaderMap, pseudonym: &str) -> bool {
+    tokens(headers, &header::VIA).any(|element| {
+        element
+            .split_ascii_whitespace()
+            .nth(1)
+            .is_some_and(|by| by.eq_ignore_ascii_case(pseudonym))
+    })
+}
+
+/// Append `<version> <pseudonym>` to the `Via` chain, keeping what is there.
+pub(crate) fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
+    let ours = format!("{} {}", via_version(version), pseudonym);
+    append_list(headers, header::VIA, &ours);
+}
+
+/// Append `item` to a comma-separated header, folding existing lines into one.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut value = String::new();
+    for existing in headers.get_all(&name).iter() {
+        if let Ok(s) = existing.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                value.push_str(s);
+                value.push_str(", ");
+            }
+        }
+    }
+    value.push_str(item);
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(name, value);
+    }
+}
+
+/// What the proxy knows about the client connection, for forwarding headers.
+pub(crate) struct ClientInfo<'a> {
+    /// The peer address, when the server recorded it (`ConnectInfo`).
+    pub(crate) peer: Option<IpAddr>,
+    /// The host the client asked for (`Host`, or HTTP/2 `:authority`).
+    pub(crate) host: Option<&'a HeaderValue>,
+    /// The scheme the client used to reach us.
+    pub(crate) proto: &'a str,
+}
+
+/// Rewrite forwarding headers per the policy.
+///
+/// `trusted`: keep what the client sent and append; otherwise drop and rebuild.
+/// `x_forwarded`: add the `X-Forwarded-*` family (needs a known peer).
+/// `forwarded`: add an RFC 7239 element (needs a known peer).
+pub(crate) fn apply_forwarding(
+    headers: &mut HeaderMap,
+    info: &ClientInfo<'_>,
+    trusted: bool,
+    x_forwarded: bool,
+    forwarded: bool,
+) {
+    if !trusted {
+        headers.remove(X_FORWARDED_FOR);
+        headers.remove(X_FORWARDED_HOST);
+        headers.remove(X_FORWARDED_PROTO);
+        headers.remove(FORWARDED);
+    }
+    let Some(peer) = info.peer else { return };
+    if x_forwarded {
+        let mut ip = String::with_capacity(40);
+        let _ = write!(ip, "{peer}");
+        if headers.contains_key(X_FORWARDED_FOR) {
+            append_list(headers, X_FORWARDED_FOR, &ip);
+        } else if let Ok(value) = HeaderValue::from_str(&ip) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        if let Some(host) = info.host
+            && !headers.contains_key(X_FORWARDED_HOST)
+        {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        if !headers.contains_key(X_FORWARDED_PROTO)
+            && let Ok(proto) = HeaderValue::from_str(info.proto)
+        {
+            headers.insert(X_FORWARDED_PROTO, proto);
+        }
+    }
+    if forwarded {
+        let mut element = String::with_capacity(64);
+        match peer {
+            IpAddr::V4(v4) => {
+                let _ = write!(element, "for={v4}");
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(element, "for=\"[{v6}]\"");
+            }
+        }
+        if let Some(host) = info.host.and_then(|h| h.to_str().ok()) {
+            element.push_str(";host=\"");
+            for c in host.chars() {
+                if c == '"' || c == '\\' {
+                    element.push('\\');
+                }
+                element.push(c);
+            }
+            element.push('"');
+        }
+        element.push_str(";proto=");
+        element.push_str(info.proto);
+        append_list(headers, FORWARDED, &element);
+    }
+}
+
+#[cfg(test)]
+mod tests;

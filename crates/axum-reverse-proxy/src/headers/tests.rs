@@ -1,0 +1,138 @@
+use super::*;
+use proptest::prelude::*;
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+#[test]
+fn strips_hop_by_hop_and_what_connection_names() {
+    let mut h = map(&[
+        ("connection", "keep-alive, X-Secret"),
+        ("connection", "authorization"),
+        ("x-secret", "1"),
+        ("authorization", "Bearer t"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("proxy-authorization", "Basic x"),
+        ("te", "gzip"),
+        ("trailer", "x-t"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("x-keep", "yes"),
+        ("cookie", "a=b"),
+    ]);
+    strip_hop_by_hop(&mut h, false);
+    let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-keep", "cookie"]);
+}
+
+#[test]
+fn te_trailers_survives() {
+    let mut h = map(&[("te", "trailers"), ("connection", "te")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h.get("te").unwrap(), "trailers");
+    let mut h = map(&[("te", "gzip, trailers")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h.get("te").unwrap(), "trailers");
+}
+
+#[test]
+fn upgrade_kept_on_upgrade() {
+    let mut h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+    assert!(is_upgrade_request(&h));
+    strip_hop_by_hop(&mut h, true);
+    assert_eq!(h.get("connection").unwrap(), "upgrade");
+    assert_eq!(h.get("upgrade").unwrap(), "websocket");
+    assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+    assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+    assert!(is_upgrade_request(&map(&[("connection", "UPGRADE"), ("upgrade", "x")])));
+}
+
+#[test]
+fn via_loop_detection_and_append() {
+    let mut h = map(&[("via", "1.0 fred, 1.1 p.example.net (comment)")]);
+    assert!(via_has_pseudonym(&h, "P.example.net"));
+    assert!(!via_has_pseudonym(&h, "edge"));
+    append_via(&mut h, Version::HTTP_2, "edge");
+    assert_eq!(h.get("via").unwrap(), "1.0 fred, 1.1 p.example.net (comment), 2 edge");
+    assert!(via_has_pseudonym(&h, "edge"));
+}
+
+#[test]
+fn forwarding_append_trusted() {
+    let host = HeaderValue::from_static("example.com");
+    let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
+    let info = ClientInfo { peer: Some("10.0.0.2".parse().unwrap()), host: Some(&host), proto: "https" };
+    apply_forwarding(&mut h, &info, true, true, true);
+    assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.2");
+    assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
+    assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    assert_eq!(h.get("forwarded").unwrap(), "for=10.0.0.2;host=\"example.com\";proto=https");
+}
+
+#[test]
+fn forwarding_untrusted_rebuilds() {
+    let mut h = map(&[
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil"),
+        ("forwarded", "for=6.6.6.6"),
+    ]);
+    let info = ClientInfo { peer: Some("::1".parse().unwrap()), host: None, proto: "http" };
+    apply_forwarding(&mut h, &info, false, true, true);
+    assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
+    assert!(h.get("x-forwarded-host").is_none());
+    assert_eq!(h.get("forwarded").unwrap(), "for=\"[::1]\";proto=http");
+}
+
+#[test]
+fn forwarding_needs_a_peer() {
+    let mut h = HeaderMap::new();
+    let info = ClientInfo { peer: None, host: None, proto: "http" };
+    apply_forwarding(&mut h, &info, true, true, true);
+    assert!(h.is_empty());
+}
+
+const HOP: &[&str] = &[
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authorization", "proxy-authenticate",
+];
+
+proptest! {
+    #[test]
+    fn nothing_hop_by_hop_survives(
+        names in proptest::collection::vec("[a-z][a-z-]{0,8}", 0..6),
+        hop in proptest::collection::vec(proptest::sample::select(HOP), 0..4),
+        listed in proptest::collection::vec("[a-z][a-z-]{0,8}", 0..3),
+    ) {
+        let mut h = HeaderMap::new();
+        for n in names.iter().chain(listed.iter()) {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+        }
+        for n in &hop {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static("x"));
+        }
+        if !listed.is_empty() {
+            h.append(header::CONNECTION, HeaderValue::from_str(&listed.join(", ")).unwrap());
+        }
+        strip_hop_by_hop(&mut h, false);
+        for n in HOP {
+            prop_assert!(!h.contains_key(*n), "{} survived", n);
+        }
+        for n in &listed {
+            prop_assert!(!h.contains_key(n.as_str()), "{} named in Connection survived", n);
+        }
+        for n in &names {
+            if !listed.contains(n) && !HOP.contains(&n.as_str()) {
+                prop_assert!(h.contains_key(n.as_str()), "{} was removed", n);
+            }
+        }
+    }
+}

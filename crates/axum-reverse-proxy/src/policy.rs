@@ -1,0 +1,254 @@
+//! How a proxy treats each request: Host, forwarding headers, Via, limits and timeouts.
+//!
+//! A [`ProxyPolicy`] is set on any proxy with `with_policy` and is built with `with_*`
+//! methods. The defaults are what a reverse proxy in front of one application wants:
+//!
+//! | setting | default |
+//! |---|---|
+//! | `Host` sent upstream | the target's authority ([`HostBehaviour::Replace`]) |
+//! | `X-Forwarded-For` / `-Host` / `-Proto` | appended/set when the peer address is known ([`XForwardedFor::Append`]) |
+//! | incoming forwarding headers | kept from every peer ([`TrustedProxies::All`]) |
+//! | RFC 7239 `Forwarded` | off |
+//! | `Via` | off |
+//! | upstream response-header timeout | none |
+//! | request body limit | none |
+//! | HTTP/2 to plain-HTTP upstreams | only for gRPC (h2c prior knowledge) |
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum_reverse_proxy::{HostBehaviour, ProxyPolicy, ReverseProxy, TrustedProxies};
+//!
+//! let policy = ProxyPolicy::new()
+//!     .with_host_behaviour(HostBehaviour::Preserve)
+//!     .with_trusted_proxies(TrustedProxies::list(["10.0.0.0/8", "127.0.0.1"]).unwrap())
+//!     .with_forwarded(true)
+//!     .with_via("edge")
+//!     .with_upstream_timeout(Duration::from_secs(30))
+//!     .with_max_request_body_bytes(10 * 1024 * 1024);
+//! let proxy = ReverseProxy::new("/api", "http://127.0.0.1:3000").with_policy(policy);
+//! ```
+//!
+//! # Security
+//! Forwarding headers are only as trustworthy as the hop that set them. With the default
+//! [`TrustedProxies::All`], a client can send its own `X-Forwarded-For` and the upstream
+//! will see it before the real address. If the upstream makes decisions on these
+//! headers (rate limits, allow lists), name the proxies you trust with
+//! [`TrustedProxies::list`]: headers from anyone else are dropped and rebuilt.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// What `Host` the upstream receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HostBehaviour {
+    /// Send the target's authority (`upstream:8080`), as most backends expect.
+    #[default]
+    Replace,
+    /// Send the `Host` the client sent (or its HTTP/2 `:authority`), for virtual-hosted
+    /// backends and allow-lists that check the public name.
+    Preserve,
+}
+
+/// Whether the proxy adds the `X-Forwarded-*` family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum XForwardedFor {
+    /// Append the peer's address to `X-Forwarded-For` and set `X-Forwarded-Host` and
+    /// `X-Forwarded-Proto` when absent. Needs the peer address: serve the router with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`.
+    #[default]
+    Append,
+    /// Add nothing and pass whatever the client sent.
+    Preserve,
+}
+
+/// Which peers may supply forwarding headers (`X-Forwarded-*`, `Forwarded`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TrustedProxies {
+    /// Keep incoming forwarding headers from every peer, and append to them.
+    #[default]
+    All,
+    /// Never keep incoming forwarding headers: this proxy is the edge.
+    None,
+    /// Keep them only from peers in these networks; drop them from anyone else.
+    List(Vec<IpNet>),
+}
+
+impl TrustedProxies {
+    /// Trust the given networks (`10.0.0.0/8`) or single addresses (`127.0.0.1`, `::1`).
+    pub fn list<I, S>(items: I) -> Result<Self, ipnet::AddrParseError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut nets = Vec::new();
+        for item in items {
+            let item = item.as_ref().trim();
+            let net = match item.parse::<IpNet>() {
+                Ok(net) => net,
+                Err(err) => match item.parse::<IpAddr>() {
+                    Ok(ip) => IpNet::from(ip),
+                    Err(_) => return Err(err),
+                },
+            };
+            nets.push(net);
+        }
+        Ok(TrustedProxies::List(nets))
+    }
+
+    /// Whether forwarding headers sent by `peer` are kept. An unknown peer (an in-process
+    /// call) is trusted only under [`TrustedProxies::All`].
+    pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
+        match self {
+            TrustedProxies::All => true,
+            TrustedProxies::None => false,
+            TrustedProxies::List(nets) => {
+                let Some(peer) = peer else { return false };
+                let peer = match peer {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+                    v4 => v4,
+                };
+                nets.iter().any(|net| net.contains(&peer))
+            }
+        }
+    }
+}
+
+/// Per-proxy request handling settings. See the [module docs](self) for the defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProxyPolicy {
+    /// What `Host` the upstream receives.
+    pub host_behaviour: HostBehaviour,
+    /// Whether `X-Forwarded-*` headers are added.
+    pub x_forwarded_for: XForwardedFor,
+    /// Which peers may supply forwarding headers.
+    pub trusted_proxies: TrustedProxies,
+    /// Add an RFC 7239 `Forwarded` element (`for`, `host`, `proto`).
+    pub forwarded: bool,
+    /// The scheme clients used to reach this proxy, for `X-Forwarded-Proto` and
+    /// `Forwarded: proto=` (default: taken from the request, else `http`).
+    pub public_scheme: Option<String>,
+    /// Append `<version> <pseudonym>` to `Via` both ways, and answer 508 when a request
+    /// already carries our pseudonym.
+    pub via: Option<String>,
+    /// Deadline for the upstream's response headers (504 when it passes).
+    pub upstream_timeout: Option<Duration>,
+    /// Largest request body forwarded (413 beyond it).
+    pub max_request_body_bytes: Option<u64>,
+    /// How long a WebSocket/upgrade handshake with the upstream may take (504 beyond).
+    pub websocket_connect_timeout: Duration,
+    /// Speak HTTP/2 with prior knowledge (h2c) to plain-HTTP upstreams for every request,
+    /// not only for gRPC.
+    pub h2c: bool,
+}
+
+impl Default for ProxyPolicy {
+    fn default() -> Self {
+        ProxyPolicy {
+            host_behaviour: HostBehaviour::Replace,
+            x_forwarded_for: XForwardedFor::Append,
+            trusted_proxies: TrustedProxies::All,
+            forwarded: false,
+            public_scheme: None,
+            via: None,
+            upstream_timeout: None,
+            max_request_body_bytes: None,
+            websocket_connect_timeout: Duration::from_secs(5),
+            h2c: false,
+        }
+    }
+}
+
+impl ProxyPolicy {
+    /// The default policy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Choose what `Host` the upstream receives.
+    pub fn with_host_behaviour(mut self, host: HostBehaviour) -> Self {
+        self.host_behaviour = host;
+        self
+    }
+
+    /// Choose whether `X-Forwarded-*` headers are added.
+    pub fn with_x_forwarded_for(mut self, xff: XForwardedFor) -> Self {
+        self.x_forwarded_for = xff;
+        self
+    }
+
+    /// Choose which peers may supply forwarding headers.
+    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
+    /// Add an RFC 7239 `Forwarded` element to each request.
+    pub fn with_forwarded(mut self, enabled: bool) -> Self {
+        self.forwarded = enabled;
+        self
+    }
+
+    /// Declare the scheme clients use to reach this proxy (`https` behind a TLS
+    /// terminator), used for `X-Forwarded-Proto` and `Forwarded: proto=`.
+    pub fn with_public_scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.public_scheme = Some(scheme.into());
+        self
+    }
+
+    /// Add `Via` with this pseudonym both ways and detect loops through it (508).
+    pub fn with_via(mut self, pseudonym: impl Into<String>) -> Self {
+        self.via = Some(pseudonym.into());
+        self
+    }
+
+    /// Answer 504 when the upstream's response headers take longer than this.
+    /// The response body then streams without a deadline.
+    pub fn with_upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_timeout = Some(timeout);
+        self
+    }
+
+    /// Answer 413 for request bodies larger than this many bytes: at once when the
+    /// declared `Content-Length` is larger, else when the stream passes the limit.
+    pub fn with_max_request_body_bytes(mut self, max: u64) -> Self {
+        self.max_request_body_bytes = Some(max);
+        self
+    }
+
+    /// Limit how long a WebSocket or other upgrade handshake with the upstream may take.
+    pub fn with_websocket_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.websocket_connect_timeout = timeout;
+        self
+    }
+
+    /// Speak HTTP/2 with prior knowledge (h2c) to plain-HTTP upstreams for all requests.
+    /// gRPC requests always do, whatever this says.
+    pub fn with_h2c(mut self, enabled: bool) -> Self {
+        self.h2c = enabled;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_lists() {
+        let t = TrustedProxies::list(["10.0.0.0/8", "127.0.0.1", "::1"]).unwrap();
+        assert!(t.trusts(Some("10.1.2.3".parse().unwrap())));
+        assert!(t.trusts(Some("127.0.0.1".parse().unwrap())));
+        assert!(t.trusts(Some("::ffff:127.0.0.1".parse().unwrap())));
+        assert!(t.trusts(Some("::1".parse().unwrap())));
+        assert!(!t.trusts(Some("192.168.0.1".parse().unwrap())));
+        assert!(!t.trusts(None));
+        assert!(TrustedProxies::All.trusts(None));
+        assert!(!TrustedProxies::None.trusts(Some("127.0.0.1".parse().unwrap())));
+        assert!(TrustedProxies::list(["nonsense"]).is_err());
+    }
+}

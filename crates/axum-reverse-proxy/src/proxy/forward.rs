@@ -1,0 +1,218 @@
+//! The forwarding path shared by every proxy type: rewrite the request, send it, and
+//! rewrite the response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::Connect;
+
+use crate::client::Transport;
+use crate::error::{Kind, ProxyError};
+use crate::headers::{self, ClientInfo};
+use crate::policy::{HostBehaviour, ProxyPolicy, XForwardedFor};
+use crate::uri::Target;
+
+/// A policy with what can be decided once already decided.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) policy: ProxyPolicy,
+    /// The `Via` pseudonym, when valid as a header value.
+    via: Option<String>,
+}
+
+impl Settings {
+    pub(crate) fn new(policy: ProxyPolicy) -> Self {
+        let via = policy
+            .via
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && HeaderValue::from_str(p).is_ok())
+            .map(str::to_owned);
+        if policy.via.is_some() && via.is_none() {
+            tracing::warn!("ignoring an empty or invalid Via pseudonym");
+        }
+        Settings { policy, via }
+    }
+}
+
+/// Everything needed to forward a request to a target: where to send it and how.
+pub(crate) struct Forwarder<C> {
+    pub(crate) transport: Transport<C>,
+    pub(crate) settings: Arc<Settings>,
+}
+
+impl<C: Clone> Clone for Forwarder<C> {
+    fn clone(&self) -> Self {
+        Forwarder {
+            transport: self.transport.clone(),
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+/// Whether the request is gRPC, which must travel over HTTP/2.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The peer address recorded by `into_make_service_with_connect_info`.
+pub(crate) fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|ci| ci.0)
+}
+
+impl<C> Forwarder<C>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn policy(&self) -> &ProxyPolicy {
+        &self.settings.policy
+    }
+
+    /// Forward `req` to `target` at `path_and_query`. Never fails: errors become
+    /// responses carrying a [`ProxyError`].
+    pub(crate) async fn forward(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+        path_and_query: String,
+    ) -> Response<Body> {
+        let method = req.method().clone();
+        match self.try_forward(target, req, path_and_query).await {
+            Ok(response) => response,
+            Err((err, path)) => {
+                // Log the path without its query: queries often carry tokens.
+                if err.status().is_server_error() {
+                    tracing::warn!(
+                        status = err.status().as_u16(),
+                        %method,
+                        upstream = %target.authority(),
+                        path = path.as_ref().map_or("", |p| p.path()),
+                        error = %err,
+                        "proxy request failed"
+                    );
+                } else {
+                    tracing::debug!(
+                        status = err.status().as_u16(),
+                        %method,
+                        upstream = %target.authority(),
+                        error = %err,
+                        "proxy request refused"
+                    );
+                }
+                err.into_response()
+            }
+        }
+    }
+
+    async fn try_forward(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+        path_and_query: String,
+    ) -> Result<Response<Body>, (ProxyError, Option<PathAndQuery>)> {
+        let settings = &*self.settings;
+        let policy = &settings.policy;
+        if req.method() == Method::CONNECT {
+            return Err((ProxyError::new(Kind::NotImplemented), None));
+        }
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = PathAndQuery::try_from(path_and_query)
+            .map_err(|e| (ProxyError::with_cause(Kind::BadRequest, e), None))?;
+        let fail = |err: ProxyError| (err, Some(path_and_query.clone()));
+
+        if let Some(pseudonym) = &settings.via
+            && headers::via_has_pseudonym(&parts.headers, pseudonym)
+        {
+            return Err(fail(ProxyError::new(Kind::Loop)));
+        }
+
+        let body = match policy.max_request_body_bytes {
+            Some(max) => {
+                if declared_length(&parts.headers).is_some_and(|len| len > max) {
+                    return Err(fail(ProxyError::new(Kind::BodyTooLarge)));
+                }
+                Body::new(http_body_util::Limited::new(body, max as usize))
+            }
+            None => body,
+        };
+
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let http2 = is_grpc(&parts.headers) || policy.h2c;
+
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+
+        let peer = peer_addr(&parts.extensions).map(|a| a.ip());
+        let trusted = policy.trusted_proxies.trusts(peer);
+        let x_forwarded = policy.x_forwarded_for == XForwardedFor::Append;
+        if !trusted || x_forwarded || policy.forwarded {
+            let proto = policy
+                .public_scheme
+                .as_deref()
+                .or(parts.uri.scheme_str())
+                .unwrap_or("http");
+            let info = ClientInfo {
+                peer,
+                host: client_host.as_ref(),
+                proto,
+            };
+            headers::apply_forwarding(
+                &mut parts.headers,
+                &info,
+                trusted,
+                x_forwarded,
+                policy.forwarded,
+            );
+        }
+        if let Some(pseudonym) = &settings.via {
+            headers::append_via(&mut parts.headers, parts.version, pseudonym);
+        }
+        let host = match (policy.host_behaviour, client_host) {
+            (HostBehaviour::Preserve, Some(host)) => host,
+            _ => target.host_header().clone(),
+        };
+        parts.headers.insert(header::HOST, host);
+        parts.uri = Uri::from(path_and_query.clone());
+        parts.version = Version::HTTP_11;
+        parts.extensions = Extensions::new();
+        let req = Request::from_parts(parts, body);
+
+        let send = self.transport.send(target, req, http2);
+        let result = match policy.upstream_timeout {
+            Some(limit) => match tokio::time::timeout(limit, send).await {
+                Ok(result) => result,
+                Err(elapsed) => Err(ProxyError::with_cause(Kind::Timeout, elapsed)),
+            },
+            None => send.await,
+        };
+        let mut response = result.map_err(fail)?;
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(response.headers_mut(), switching);
+        if let Some(pseudonym) = &settings.via {
+            let version = response.version();
+            headers::append_via(response.headers_mut(), version, pseudonym);
+        }
+        Ok(response)
+    }
+}

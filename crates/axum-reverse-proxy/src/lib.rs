@@ -7,6 +7,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+mod rfc9110;
 mod uri;
 
 pub use error::{InvalidTarget, ProxyError};
+pub use rfc9110::{Rfc9110, Rfc9110Config, Rfc9110Layer};

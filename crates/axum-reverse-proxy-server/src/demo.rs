@@ -33,7 +33,9 @@ async fn spawn_upstream(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding a loopback port for the demo upstream");
-    let addr = listener.local_addr().expect("local address of a bound socket");
+    let addr = listener
+        .local_addr()
+        .expect("local address of a bound socket");
     let app = Router::new().fallback(get(move |req: Request| async move {
         let forwarded_for = req
             .headers()

@@ -86,7 +86,13 @@ impl Sender {
             }
         };
         assert!(response.status().is_success());
-        response.into_body().collect().await.unwrap().to_bytes().len()
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .len()
     }
 }
 

@@ -76,6 +76,7 @@ mod error;
 mod headers;
 mod policy;
 mod proxy;
+mod rfc9110;
 mod router;
 mod uri;
 
@@ -87,6 +88,7 @@ pub use client::tls::create_dangerous_rustls_config;
 pub use error::{InvalidTarget, ProxyError};
 pub use policy::{HostBehaviour, ProxyPolicy, TrustedProxies, XForwardedFor};
 pub use proxy::ReverseProxy;
+pub use rfc9110::{Rfc9110, Rfc9110Config, Rfc9110Layer};
 pub use router::{ProxyRouterExt, TargetResolver, TemplateTarget, proxy_template};
 
 /// [`ReverseProxy`] over the default connector.

@@ -255,7 +255,7 @@ where
         C: Connect + Clone + Send + Sync + 'static,
     {
         let forwarder = Forwarder {
-            transport: Transport::Client(client),
+            transport: Transport::Client(Arc::new(client)),
             settings: Arc::new(Settings::new(policy)),
         };
         add_route(self, path, target, forwarder)
@@ -292,27 +292,29 @@ where
 {
     async fn handle(self, req: Request<Body>) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let params: Vec<(String, String)> = match RawPathParams::from_request_parts(&mut parts, &())
-            .await
-        {
-            Ok(raw) => raw
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_owned(),
-                        percent_decode_str(v).decode_utf8_lossy().into_owned(),
-                    )
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let params: Vec<(String, String)> =
+            match RawPathParams::from_request_parts(&mut parts, &()).await {
+                Ok(raw) => raw
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_owned(),
+                            percent_decode_str(v).decode_utf8_lossy().into_owned(),
+                        )
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
         let req = Request::from_parts(parts, body);
         let resolved = self.resolver.resolve(&req, &params);
         let target = match Target::parse(&resolved) {
             Ok(target) => target,
             Err(err) => {
                 // The resolved URL may carry secrets in its query: log only the reason.
-                tracing::warn!(reason = err.reason, "proxy_route resolved an invalid target");
+                tracing::warn!(
+                    reason = err.reason,
+                    "proxy_route resolved an invalid target"
+                );
                 return ProxyError::with_cause(Kind::InvalidTarget, err).into_response();
             }
         };
@@ -331,7 +333,12 @@ where
     }
 }
 
-fn add_route<S, T, C>(router: Router<S>, path: &str, resolver: T, forwarder: Forwarder<C>) -> Router<S>
+fn add_route<S, T, C>(
+    router: Router<S>,
+    path: &str,
+    resolver: T,
+    forwarder: Forwarder<C>,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     T: TargetResolver,
@@ -373,10 +380,13 @@ mod tests {
             ("{id}", "%7Bid%7D.internal"),
         ] {
             let out = fill_template(t, &params(&[("svc", value), ("id", "7"), ("q", "1")]));
-            assert!(out.starts_with(&format!("http://{expect_host}:8080/users/7")), "{out}");
+            assert!(
+                out.starts_with(&format!("http://{expect_host}:8080/users/7")),
+                "{out}"
+            );
             if let Ok(target) = Target::parse(&out) {
-                assert_eq!(target.port(), 8080);
-                assert!(target.host().ends_with(".internal"), "{out}");
+                assert_eq!(target.authority().port_u16(), Some(8080));
+                assert!(target.authority().host().ends_with(".internal"), "{out}");
             }
         }
         let out = fill_template("http://h/files/{name}", &params(&[("name", "..")]));

@@ -60,10 +60,7 @@ impl Target {
             target: raw.to_owned(),
             reason,
         };
-        let uri: Uri = raw
-            .trim()
-            .parse()
-            .map_err(|_| invalid("not a valid URI"))?;
+        let uri: Uri = raw.trim().parse().map_err(|_| invalid("not a valid URI"))?;
         let scheme = match uri.scheme_str() {
             None | Some("http") | Some("ws") => Scheme::HTTP,
             Some("https") | Some("wss") => Scheme::HTTPS,
@@ -105,10 +102,6 @@ impl Target {
         &self.raw
     }
 
-    pub(crate) fn scheme(&self) -> &Scheme {
-        &self.scheme
-    }
-
     pub(crate) fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
     }
@@ -125,21 +118,6 @@ impl Target {
     /// The `Host` header value that names this target.
     pub(crate) fn host_header(&self) -> &HeaderValue {
         &self.host_header
-    }
-
-    /// The host without brackets (what TLS SNI and DNS want).
-    pub(crate) fn host(&self) -> &str {
-        self.authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-    }
-
-    /// The port, explicit or the scheme's default.
-    pub(crate) fn port(&self) -> u16 {
-        self.authority
-            .port_u16()
-            .unwrap_or(if self.is_https() { 443 } else { 80 })
     }
 }
 
@@ -161,9 +139,7 @@ pub(crate) fn join_path_and_query(
     query: Option<&str>,
     strip: bool,
 ) -> String {
-    let remainder = if !strip {
-        if path == "/" { "" } else { path }
-    } else if base.is_empty() {
+    let remainder = if !strip || base.is_empty() {
         if path == "/" { "" } else { path }
     } else {
         match path.strip_prefix(base) {

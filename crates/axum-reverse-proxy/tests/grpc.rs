@@ -395,7 +395,7 @@ impl EchoClient {
 
 /// Runs the reverse proxy under test in front of `upstream`, on an ephemeral port.
 async fn spawn_proxy(upstream: SocketAddr) -> SocketAddr {
-    let proxy = axum_reverse_proxy::ReverseProxy::new("/", &format!("http://{upstream}"));
+    let proxy = axum_reverse_proxy::ReverseProxy::new("/", format!("http://{upstream}"));
     let app: axum::Router = proxy.into();
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

@@ -105,15 +105,15 @@ fn h2c_pool() -> &'static Arc<Pool<HttpConnector>> {
 pub(crate) enum Transport<C> {
     /// Our own pool over the default connector.
     Pool(Arc<Pool<ProxyConnector>>),
-    /// The user's `hyper_util` client.
-    Client(Client<C, Body>),
+    /// The user's `hyper_util` client (behind an `Arc`: cloned per request).
+    Client(Arc<Client<C, Body>>),
 }
 
 impl<C: Clone> Clone for Transport<C> {
     fn clone(&self) -> Self {
         match self {
             Transport::Pool(pool) => Transport::Pool(Arc::clone(pool)),
-            Transport::Client(client) => Transport::Client(client.clone()),
+            Transport::Client(client) => Transport::Client(Arc::clone(client)),
         }
     }
 }

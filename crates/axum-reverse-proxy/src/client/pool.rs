@@ -252,9 +252,7 @@ where
             }
         }
         let shared = self.h2_shared.lock().ok()?;
-        let (_, sender) = shared
-            .iter()
-            .find(|(k, s)| k == key && !s.is_closed())?;
+        let (_, sender) = shared.iter().find(|(k, s)| k == key && !s.is_closed())?;
         let sender = sender.clone();
         drop(shared);
         self.h2_local

@@ -46,14 +46,20 @@ fn te_trailers_survives() {
 
 #[test]
 fn upgrade_kept_on_upgrade() {
-    let mut h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+    let mut h = map(&[
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "websocket"),
+    ]);
     assert!(is_upgrade_request(&h));
     strip_hop_by_hop(&mut h, true);
     assert_eq!(h.get("connection").unwrap(), "upgrade");
     assert_eq!(h.get("upgrade").unwrap(), "websocket");
     assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
     assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
-    assert!(is_upgrade_request(&map(&[("connection", "UPGRADE"), ("upgrade", "x")])));
+    assert!(is_upgrade_request(&map(&[
+        ("connection", "UPGRADE"),
+        ("upgrade", "x")
+    ])));
 }
 
 #[test]
@@ -62,7 +68,10 @@ fn via_loop_detection_and_append() {
     assert!(via_has_pseudonym(&h, "P.example.net"));
     assert!(!via_has_pseudonym(&h, "edge"));
     append_via(&mut h, Version::HTTP_2, "edge");
-    assert_eq!(h.get("via").unwrap(), "1.0 fred, 1.1 p.example.net (comment), 2 edge");
+    assert_eq!(
+        h.get("via").unwrap(),
+        "1.0 fred, 1.1 p.example.net (comment), 2 edge"
+    );
     assert!(via_has_pseudonym(&h, "edge"));
 }
 
@@ -70,12 +79,19 @@ fn via_loop_detection_and_append() {
 fn forwarding_append_trusted() {
     let host = HeaderValue::from_static("example.com");
     let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
-    let info = ClientInfo { peer: Some("10.0.0.2".parse().unwrap()), host: Some(&host), proto: "https" };
+    let info = ClientInfo {
+        peer: Some("10.0.0.2".parse().unwrap()),
+        host: Some(&host),
+        proto: "https",
+    };
     apply_forwarding(&mut h, &info, true, true, true);
     assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.2");
     assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
     assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
-    assert_eq!(h.get("forwarded").unwrap(), "for=10.0.0.2;host=\"example.com\";proto=https");
+    assert_eq!(
+        h.get("forwarded").unwrap(),
+        "for=10.0.0.2;host=\"example.com\";proto=https"
+    );
 }
 
 #[test]
@@ -85,7 +101,11 @@ fn forwarding_untrusted_rebuilds() {
         ("x-forwarded-host", "evil"),
         ("forwarded", "for=6.6.6.6"),
     ]);
-    let info = ClientInfo { peer: Some("::1".parse().unwrap()), host: None, proto: "http" };
+    let info = ClientInfo {
+        peer: Some("::1".parse().unwrap()),
+        host: None,
+        proto: "http",
+    };
     apply_forwarding(&mut h, &info, false, true, true);
     assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
     assert!(h.get("x-forwarded-host").is_none());
@@ -95,14 +115,25 @@ fn forwarding_untrusted_rebuilds() {
 #[test]
 fn forwarding_needs_a_peer() {
     let mut h = HeaderMap::new();
-    let info = ClientInfo { peer: None, host: None, proto: "http" };
+    let info = ClientInfo {
+        peer: None,
+        host: None,
+        proto: "http",
+    };
     apply_forwarding(&mut h, &info, true, true, true);
     assert!(h.is_empty());
 }
 
 const HOP: &[&str] = &[
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-    "upgrade", "proxy-authorization", "proxy-authenticate",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
 ];
 
 proptest! {

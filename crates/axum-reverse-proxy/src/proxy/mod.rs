@@ -141,7 +141,7 @@ where
         Ok(Self::from_parts(
             path.into(),
             target,
-            Transport::Client(client),
+            Transport::Client(Arc::new(client)),
         ))
     }
 

@@ -7,6 +7,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+mod retry;
 mod uri;
 
 pub use error::{InvalidTarget, ProxyError};
+pub use retry::{Retry, RetryLayer};

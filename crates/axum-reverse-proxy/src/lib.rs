@@ -76,6 +76,7 @@ mod error;
 mod headers;
 mod policy;
 mod proxy;
+mod retry;
 mod rfc9110;
 mod router;
 mod uri;
@@ -88,6 +89,7 @@ pub use client::tls::create_dangerous_rustls_config;
 pub use error::{InvalidTarget, ProxyError};
 pub use policy::{HostBehaviour, ProxyPolicy, TrustedProxies, XForwardedFor};
 pub use proxy::ReverseProxy;
+pub use retry::{Retry, RetryLayer};
 pub use rfc9110::{Rfc9110, Rfc9110Config, Rfc9110Layer};
 pub use router::{ProxyRouterExt, TargetResolver, TemplateTarget, proxy_template};
 

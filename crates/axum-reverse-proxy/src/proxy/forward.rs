@@ -163,7 +163,8 @@ where
 
         headers::strip_hop_by_hop(&mut parts.headers, false);
 
-        let peer = peer_addr(&parts.extensions).map(|a| a.ip());
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; forward the plain form.
+        let peer = peer_addr(&parts.extensions).map(|a| a.ip().to_canonical());
         let trusted = policy.trusted_proxies.trusts(peer);
         let x_forwarded = policy.x_forwarded_for == XForwardedFor::Append;
         if !trusted || x_forwarded || policy.forwarded {

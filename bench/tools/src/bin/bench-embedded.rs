@@ -1,0 +1,27 @@
+//! The smallest axum application embedding `ReverseProxy`, as a library user writes it.
+//!
+//! `bench-embedded LISTEN_ADDR UPSTREAM_URL`. Prints `listening on ADDR` once bound.
+//! Worker threads follow `TOKIO_WORKER_THREADS` (the benchmark sets 1).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum_reverse_proxy::ReverseProxy;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:8081".into());
+    let upstream = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:9000".into());
+    let app: Router = ReverseProxy::new("/", upstream).into();
+    let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
+    println!("listening on {}", listener.local_addr().expect("addr"));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .expect("serve");
+}

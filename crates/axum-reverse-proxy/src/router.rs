@@ -129,6 +129,9 @@ impl TargetResolver for &'static str {
 }
 
 /// A target URL with `{name}` placeholders filled from the route's path parameters.
+///
+/// A placeholder that names no parameter of the route is a configuration error: such
+/// requests are answered 500 ([`ProxyError::is_invalid_target`]) and never forwarded.
 #[derive(Clone, Debug)]
 pub struct TemplateTarget {
     template: Arc<str>,
@@ -156,7 +159,8 @@ const TEMPLATE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Substitute `{name}` placeholders in one pass; values are encoded and never rescanned.
-/// Unknown placeholders stay as written.
+/// Unknown placeholders stay as written, which makes the target invalid: the route then
+/// answers 500 instead of forwarding a `{name}` the upstream cannot parse.
 pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> String {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;

@@ -32,12 +32,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::routing::any;
 use http::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::client::{self, ProxyConnector, Transport};
 use crate::error::{Kind, ProxyError};
@@ -128,6 +129,9 @@ impl TargetResolver for &'static str {
 }
 
 /// A target URL with `{name}` placeholders filled from the route's path parameters.
+///
+/// A placeholder that names no parameter of the route is a configuration error: such
+/// requests are answered 500 ([`ProxyError::is_invalid_target`]) and never forwarded.
 #[derive(Clone, Debug)]
 pub struct TemplateTarget {
     template: Arc<str>,
@@ -155,7 +159,8 @@ const TEMPLATE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Substitute `{name}` placeholders in one pass; values are encoded and never rescanned.
-/// Unknown placeholders stay as written.
+/// Unknown placeholders stay as written, which makes the target invalid: the route then
+/// answers 500 instead of forwarding a `{name}` the upstream cannot parse.
 pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> String {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
@@ -294,15 +299,19 @@ where
         let (mut parts, body) = req.into_parts();
         let params: Vec<(String, String)> =
             match RawPathParams::from_request_parts(&mut parts, &()).await {
+                // axum has already percent-decoded the values: decoding again would turn
+                // a literal `%2F` in the path (`%252F`) into `/`.
                 Ok(raw) => raw
                     .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_owned(),
-                            percent_decode_str(v).decode_utf8_lossy().into_owned(),
-                        )
-                    })
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
+                // A value that is not UTF-8 cannot be given to a resolver; a base URL
+                // does not use the values (the raw path is appended), so it forwards.
+                Err(RawPathParamsRejection::InvalidUtf8InPathParam(_))
+                    if !self.resolver.is_base_url() =>
+                {
+                    return ProxyError::new(Kind::BadRequest).into_response();
+                }
                 Err(_) => Vec::new(),
             };
         let req = Request::from_parts(parts, body);

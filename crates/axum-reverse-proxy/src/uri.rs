@@ -56,6 +56,14 @@ impl Target {
     /// Parse a proxy target. Accepts `http`, `https`, and `ws`/`wss` (as aliases of
     /// `http`/`https`), or no scheme at all (`localhost:3000` means `http://localhost:3000`).
     pub(crate) fn parse(raw: &str) -> Result<Target, InvalidTarget> {
+        // `http::Uri` accepts braces in the path and query, but RFC 3986 has no place for
+        // them: here they are a template placeholder left unfilled, never a real URL.
+        if raw.contains(['{', '}']) {
+            return Err(InvalidTarget {
+                target: raw.to_owned(),
+                reason: "it contains `{` or `}` (an unfilled placeholder?)",
+            });
+        }
         let invalid = |reason| InvalidTarget {
             target: raw.to_owned(),
             reason,

@@ -8,10 +8,14 @@
 //! (see `bench/README.md`). Here:
 //!
 //! - **HTTP/1.1**: idle senders live in a list per worker thread ([`ThreadLocal`]), so
-//!   checkout and checkin touch no shared lock. The list is LIFO: the most recently used
-//!   connection is the warmest (its socket buffers and the upstream's worker are hot), and
-//!   the oldest ones age out. A sender goes back to the list when its response body
-//!   ends; a body dropped early closes the connection, as HTTP/1.1 requires.
+//!   checkout and checkin take only that thread's own, uncontended lock. The list is
+//!   LIFO: the most recently used connection is the warmest (its socket buffers and the
+//!   upstream's worker are hot), and the oldest ones age out. A sender goes back to the
+//!   list of the thread where its response body ends; a body dropped early closes the
+//!   connection, as HTTP/1.1 requires. Tasks migrate between worker threads, so that is
+//!   often not the thread of the next checkout: a thread whose own list has nothing for
+//!   the upstream looks through the other threads' lists before it connects, or
+//!   connections would pile up, idle, on one thread while another keeps dialling.
 //! - **HTTP/2**: one connection per upstream carries every stream. Each thread caches a
 //!   clone of the sender; a shared map (locked only on a miss) holds the canonical one.
 //! - **Stale connections**: an idle connection the upstream closed is dropped at
@@ -21,7 +25,7 @@
 
 use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -88,7 +92,7 @@ type H2List = Vec<(PoolKey, http2::SendRequest<Body>)>;
 pub(crate) struct Pool<K> {
     connector: K,
     config: PoolConfig,
-    idle: ThreadLocal<RefCell<Vec<Idle>>>,
+    idle: ThreadLocal<Mutex<Vec<Idle>>>,
     h2_local: ThreadLocal<RefCell<H2List>>,
     h2_shared: Mutex<H2List>,
 }
@@ -206,8 +210,23 @@ where
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<Body>> {
-        let list = self.idle.get()?;
-        let mut list = list.borrow_mut();
+        // This thread's list first: the warmest connection, and no contention.
+        if let Some(list) = self.idle.get()
+            && let Some(sender) = self.take_from(&mut lock(list), key)
+        {
+            return Some(sender);
+        }
+        // Then the other threads' lists: a response that ended on another worker thread
+        // gave its connection back there. A list busy right now is skipped.
+        self.idle
+            .iter()
+            .filter_map(|list| list.try_lock().ok())
+            .find_map(|mut list| self.take_from(&mut list, key))
+    }
+
+    /// The most recent live idle sender for `key` in `list`; dead or expired ones found
+    /// on the way are dropped.
+    fn take_from(&self, list: &mut Vec<Idle>, key: &PoolKey) -> Option<http1::SendRequest<Body>> {
         while let Some(i) = list.iter().rposition(|idle| idle.key == *key) {
             let idle = list.remove(i);
             if idle.sender.is_closed() || idle.since.elapsed() > self.config.idle_timeout {
@@ -223,8 +242,7 @@ where
             return;
         }
         let now = Instant::now();
-        let list = self.idle.get_or(|| RefCell::new(Vec::new()));
-        let mut list = list.borrow_mut();
+        let mut list = lock(self.idle.get_or(|| Mutex::new(Vec::new())));
         // Age out from the front (oldest first), and make room.
         let expired = list
             .iter()
@@ -337,6 +355,12 @@ where
         }
         Ok(conn)
     }
+}
+
+/// Lock an idle list. Nothing panics while holding one, but a poisoned list is still a
+/// valid list.
+fn lock(list: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
+    list.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Turn an origin-form HTTP/1 request into an HTTP/2 one: absolute URI, and the `Host`

@@ -71,7 +71,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod balance;
+pub mod balance;
 mod client;
 mod error;
 mod headers;

@@ -120,7 +120,8 @@ async fn compat_balanced_proxy_1_3_signatures() {
     assert_eq!(proxy.path(), "/api");
     // `new(&str, Vec<&str>)` and `new_with_client`.
     let _: StandardBalancedProxy = BalancedProxy::new("/", vec![a.as_str()]);
-    let with_client = BalancedProxy::new_with_client("/".to_string(), vec![a.clone(), b.clone()], client());
+    let with_client =
+        BalancedProxy::new_with_client("/".to_string(), vec![a.clone(), b.clone()], client());
     assert_eq!(hit(&with_client, "/").await, (StatusCode::OK, "a".into()));
     assert_eq!(hit(&with_client, "/").await, (StatusCode::OK, "b".into()));
 
@@ -128,7 +129,10 @@ async fn compat_balanced_proxy_1_3_signatures() {
     let app: Router = Router::from(proxy.clone());
     assert_eq!(hit(&app, "/api/x").await, (StatusCode::OK, "a".into()));
     let app = Router::new()
-        .route("/", get(|State(s): State<AppState>| async move { s.greeting }))
+        .route(
+            "/",
+            get(|State(s): State<AppState>| async move { s.greeting }),
+        )
         .merge(proxy)
         .with_state(AppState { greeting: "hi" });
     assert_eq!(hit(&app, "/").await.1, "hi");
@@ -139,7 +143,13 @@ async fn compat_balanced_proxy_1_3_signatures() {
     let empty = BalancedProxy::new(String::from("/"), Vec::<String>::new());
     let response = call(&empty, request("/anything")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(response.extensions().get::<ProxyError>().unwrap().is_no_endpoint());
+    assert!(
+        response
+            .extensions()
+            .get::<ProxyError>()
+            .unwrap()
+            .is_no_endpoint()
+    );
     assert_eq!(text(response).await, "No upstream services available");
 
     // `call` without `poll_ready`.
@@ -179,7 +189,10 @@ async fn compat_discoverable_proxy_1_3_signatures() {
     .unwrap();
 
     let app: Router<AppState> = Router::new()
-        .route("/", get(|State(s): State<AppState>| async move { s.greeting }))
+        .route(
+            "/",
+            get(|State(s): State<AppState>| async move { s.greeting }),
+        )
         .merge(proxy.clone());
     let app = app.with_state(AppState { greeting: "hi" });
     let mut seen = HashSet::new();
@@ -217,7 +230,11 @@ async fn compat_discoverable_proxy_1_3_signatures() {
 
 #[tokio::test]
 async fn round_robin_starts_at_the_first_target() {
-    let targets = vec![upstream("a").await, upstream("b").await, upstream("c").await];
+    let targets = vec![
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    ];
     let proxy = BalancedProxy::new("/".to_string(), targets);
     let mut order = String::new();
     for _ in 0..6 {
@@ -225,13 +242,24 @@ async fn round_robin_starts_at_the_first_target() {
     }
     assert_eq!(order, "abcabc");
     let stats = proxy.endpoints();
-    assert_eq!(stats.iter().map(|s| s.requests).collect::<Vec<_>>(), [2, 2, 2]);
-    assert!(stats.iter().all(|s| s.pending == 0 && s.failures == 0 && s.healthy));
+    assert_eq!(
+        stats.iter().map(|s| s.requests).collect::<Vec<_>>(),
+        [2, 2, 2]
+    );
+    assert!(
+        stats
+            .iter()
+            .all(|s| s.pending == 0 && s.failures == 0 && s.healthy)
+    );
 }
 
 #[tokio::test]
 async fn smooth_weighted_round_robin_order() {
-    let targets = vec![upstream("a").await, upstream("b").await, upstream("c").await];
+    let targets = vec![
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    ];
     let proxy = BalancedProxy::new("/".to_string(), targets)
         .with_strategy(LoadBalancingStrategy::WeightedRoundRobin)
         .with_weights([5, 1, 1]);
@@ -240,7 +268,14 @@ async fn smooth_weighted_round_robin_order() {
         order += &hit(&proxy, "/").await.1;
     }
     assert_eq!(order, "aabacaaaabacaa");
-    assert_eq!(proxy.endpoints().iter().map(|s| s.weight).collect::<Vec<_>>(), [5, 1, 1]);
+    assert_eq!(
+        proxy
+            .endpoints()
+            .iter()
+            .map(|s| s.weight)
+            .collect::<Vec<_>>(),
+        [5, 1, 1]
+    );
 }
 
 #[tokio::test]
@@ -303,19 +338,37 @@ async fn pending_is_counted_until_the_body_ends() {
     let mut second = call(&proxy, request("/")).await.into_body();
     let chunk = second.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_ne!(String::from_utf8(chunk.to_vec()).unwrap(), first_name);
-    assert_eq!(proxy.endpoints().iter().map(|s| s.pending).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(
+        proxy
+            .endpoints()
+            .iter()
+            .map(|s| s.pending)
+            .collect::<Vec<_>>(),
+        [1, 1]
+    );
 
     release_a.notify_one();
     release_b.notify_one();
     let rest = first.collect().await.unwrap().to_bytes();
     assert_eq!(&rest[..], b"!");
     second.collect().await.unwrap();
-    assert_eq!(proxy.endpoints().iter().map(|s| s.pending).collect::<Vec<_>>(), [0, 0]);
+    assert_eq!(
+        proxy
+            .endpoints()
+            .iter()
+            .map(|s| s.pending)
+            .collect::<Vec<_>>(),
+        [0, 0]
+    );
 }
 
 #[tokio::test]
 async fn consistent_hash_is_sticky_per_key() {
-    let targets = vec![upstream("a").await, upstream("b").await, upstream("c").await];
+    let targets = vec![
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    ];
     let proxy = BalancedProxy::new("/".to_string(), targets.clone())
         .with_strategy(LoadBalancingStrategy::ConsistentHash)
         .with_hash_key(HashKey::header("X-User"));
@@ -415,13 +468,14 @@ async fn active_health_checks_flip_an_endpoint_down_and_up() {
     )
     .await;
     let b = upstream("b").await;
-    let proxy = BalancedProxy::new("/".to_string(), vec![format!("http://{a}"), b]).with_health_check(
-        HealthCheck::new("/health")
-            .with_interval(Duration::from_millis(20))
-            .with_timeout(Duration::from_secs(1))
-            .with_unhealthy_threshold(2)
-            .with_healthy_threshold(2),
-    );
+    let proxy = BalancedProxy::new("/".to_string(), vec![format!("http://{a}"), b])
+        .with_health_check(
+            HealthCheck::new("/health")
+                .with_interval(Duration::from_millis(20))
+                .with_timeout(Duration::from_secs(1))
+                .with_unhealthy_threshold(2)
+                .with_healthy_threshold(2),
+        );
     proxy.start_health_checks();
 
     // Wait for `n` checks in a row that saw `code`, then one more: the round that
@@ -453,14 +507,20 @@ async fn active_health_checks_flip_an_endpoint_down_and_up() {
     for _ in 0..4 {
         answers.push(hit(&proxy, "/").await.1);
     }
-    assert_eq!(answers.iter().filter(|a| *a == "a").count(), 2, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|a| *a == "a").count(),
+        2,
+        "{answers:?}"
+    );
 
     // The task stops with the proxy: the upstream is no longer checked.
     drop(proxy);
     tokio::task::yield_now().await;
     while checks.try_recv().is_ok() {}
     assert!(
-        timeout(Duration::from_millis(200), checks.recv()).await.is_err(),
+        timeout(Duration::from_millis(200), checks.recv())
+            .await
+            .is_err(),
         "health checks still running after the proxy was dropped"
     );
 }
@@ -484,13 +544,22 @@ async fn discovery_replaces_and_removes_without_moving_metrics() {
     // Round robin: a, b, a, b. Both a requests and the second b request stay open:
     // a has (2 requests, 2 pending), b (2, 1).
     let mut on_a = call(&proxy, request("/")).await.into_body();
-    assert_eq!(&on_a.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"a");
+    assert_eq!(
+        &on_a.frame().await.unwrap().unwrap().into_data().unwrap()[..],
+        b"a"
+    );
     release_b.notify_one();
     assert_eq!(hit(&proxy, "/").await.1, "b!");
     let mut on_a2 = call(&proxy, request("/")).await.into_body();
-    assert_eq!(&on_a2.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"a");
+    assert_eq!(
+        &on_a2.frame().await.unwrap().unwrap().into_data().unwrap()[..],
+        b"a"
+    );
     let mut on_b = call(&proxy, request("/")).await.into_body();
-    assert_eq!(&on_b.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"b");
+    assert_eq!(
+        &on_b.frame().await.unwrap().unwrap().into_data().unwrap()[..],
+        b"b"
+    );
     let stats = proxy.endpoints();
     assert_eq!((stats[0].requests, stats[0].pending), (2, 2), "{stats:?}");
     assert_eq!((stats[1].requests, stats[1].pending), (2, 1), "{stats:?}");
@@ -517,7 +586,10 @@ async fn discovery_replaces_and_removes_without_moving_metrics() {
     // Same key, another URL: a fresh endpoint replaces it.
     tx.send(Ok(Change::Insert(2, a.clone()))).unwrap();
     let p = proxy.clone();
-    eventually("key 2 replaced", || p.endpoints().iter().any(|s| s.url == a)).await;
+    eventually("key 2 replaced", || {
+        p.endpoints().iter().any(|s| s.url == a)
+    })
+    .await;
     let stats = proxy.endpoints();
     assert_eq!(stats.len(), 2, "{stats:?}");
     let fresh = stats.iter().find(|s| s.url == a).unwrap();
@@ -581,12 +653,22 @@ async fn discovery_churn_while_10000_requests_flow() {
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>();
-    let results = timeout(Duration::from_secs(120), run).await.expect("requests took too long");
+    let results = timeout(Duration::from_secs(120), run)
+        .await
+        .expect("requests took too long");
     done.store(true, SeqCst);
     let changes = churn.await.unwrap();
 
-    let failures: Vec<_> = results.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
-    assert!(failures.is_empty(), "{} failed, e.g. {:?}", failures.len(), failures.first());
+    let failures: Vec<_> = results
+        .iter()
+        .filter(|(s, _)| *s != StatusCode::OK)
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
     let total: u64 = hits.iter().map(|h| h.load(SeqCst)).sum();
     assert_eq!(total, REQUESTS as u64);
     assert!(changes > 100, "too little churn: {changes}");
@@ -595,7 +677,11 @@ async fn discovery_churn_while_10000_requests_flow() {
         *per_name.entry(body.as_str()).or_insert(0u64) += 1;
     }
     for (name, hits) in names.iter().zip(&hits) {
-        assert_eq!(per_name.get(name).copied().unwrap_or(0), hits.load(SeqCst), "{name}");
+        assert_eq!(
+            per_name.get(name).copied().unwrap_or(0),
+            hits.load(SeqCst),
+            "{name}"
+        );
     }
     let stats = proxy.endpoints();
     assert!(stats.iter().all(|s| s.pending == 0), "{stats:?}");

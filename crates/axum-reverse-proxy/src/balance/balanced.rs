@@ -191,7 +191,13 @@ where
             .load()
             .endpoints
             .iter()
-            .map(|e| Arc::new(Endpoint::new(e.target.clone(), weights.next().unwrap_or(1), &clock)))
+            .map(|e| {
+                Arc::new(Endpoint::new(
+                    e.target.clone(),
+                    weights.next().unwrap_or(1),
+                    &clock,
+                ))
+            })
             .collect();
         let this = self.reconfigure(|_, _| {});
         this.shared.publish(endpoints);

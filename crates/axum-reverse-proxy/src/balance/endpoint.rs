@@ -45,10 +45,10 @@ impl Clock {
 
     /// Milliseconds since the epoch.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.to_ms(Instant::now())
+        self.ms_at(Instant::now())
     }
 
-    pub(crate) fn to_ms(&self, at: Instant) -> u64 {
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
         let ms = at.saturating_duration_since(self.epoch).as_millis();
         u64::try_from(ms).unwrap_or(u64::MAX)
     }
@@ -197,7 +197,13 @@ impl Endpoint {
 
     /// Record a finished exchange; returns the number of consecutive gateway failures
     /// after it.
-    pub(crate) fn record(&self, outcome: Outcome, rtt: Duration, now_ms: u64, decay: Duration) -> u32 {
+    pub(crate) fn record(
+        &self,
+        outcome: Outcome,
+        rtt: Duration,
+        now_ms: u64,
+        decay: Duration,
+    ) -> u32 {
         match outcome {
             Outcome::NotTheEndpoint => return self.consecutive_failures.load(Relaxed),
             Outcome::Success => {
@@ -211,7 +217,9 @@ impl Endpoint {
         self.failures.fetch_add(1, Relaxed);
         self.observe_rtt(rtt.max(FAILURE_PENALTY), now_ms, decay);
         if outcome == Outcome::GatewayFailure {
-            self.consecutive_failures.fetch_add(1, Relaxed).saturating_add(1)
+            self.consecutive_failures
+                .fetch_add(1, Relaxed)
+                .saturating_add(1)
         } else {
             self.consecutive_failures.load(Relaxed)
         }

@@ -1,25 +1,4 @@
-//! Active HTTP health checks: a background task per proxy asks every endpoint for a
-//! health path at a fixed interval and takes endpoints that fail out of rotation.
-//!
-//! - **What**: every `interval` (default 10 s) each endpoint gets `GET <path>` (the path
-//!   as given, on the endpoint's host; the target's own path is not prepended), with
-//!   `timeout` (default 1 s). An answer whose status is in the expected range (default
-//!   200–299) is a success; anything else, a connection error or a timeout is a failure.
-//!   `unhealthy_threshold` failures in a row (default 3) mark a healthy endpoint down;
-//!   `healthy_threshold` successes in a row (default 2) bring it back.
-//! - **Start and stop**: endpoints start healthy. The task starts with the proxy's first
-//!   request or with `start_discovery`, whichever comes first, and stops when the last
-//!   clone of the proxy is dropped.
-//! - **No endpoint left**: requests are answered 503 with a [`ProxyError`] for which
-//!   [`is_no_endpoint`](ProxyError::is_no_endpoint) is true.
-//! - **Why**: passive detection only sees endpoints that receive traffic and only after
-//!   failures; an active check finds a dead endpoint before users do, and confirms a
-//!   recovery before traffic returns.
-//! - **Source**: the usual model of Envoy's and HAProxy's HTTP health checks
-//!   (`interval`, `timeout`, `healthy_threshold`, `unhealthy_threshold`,
-//!   `expected_statuses`).
-//!
-//! [`ProxyError`]: crate::ProxyError
+//! Active HTTP health checks: [`HealthCheck`].
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -35,7 +14,29 @@ use hyper_util::client::legacy::connect::Connect;
 use super::endpoint::Endpoint;
 use crate::client::Transport;
 
-/// Settings of active HTTP health checks. See the [module docs](self).
+/// Settings of active HTTP health checks: a background task per proxy asks every
+/// endpoint for a health path at a fixed interval and takes endpoints that fail out of
+/// rotation.
+///
+/// - **What**: every `interval` (default 10 s) each endpoint gets `GET <path>` (the path
+///   as given, on the endpoint's host; the target's own path is not prepended), with
+///   `timeout` (default 1 s). An answer whose status is in the expected range (default
+///   200–299) is a success; anything else, a connection error or a timeout is a failure.
+///   `unhealthy_threshold` failures in a row (default 3) mark a healthy endpoint down;
+///   `healthy_threshold` successes in a row (default 2) bring it back.
+/// - **Start and stop**: endpoints start healthy. The task starts with the proxy's first
+///   request or with `start_discovery`, whichever comes first, and stops when the last
+///   clone of the proxy is dropped.
+/// - **No endpoint left**: requests are answered 503 with a [`ProxyError`] for which
+///   [`is_no_endpoint`](crate::ProxyError::is_no_endpoint) is true.
+/// - **Why**: passive detection only sees endpoints that receive traffic and only after
+///   failures; an active check finds a dead endpoint before users do, and confirms a
+///   recovery before traffic returns.
+/// - **Source**: the usual model of Envoy's and HAProxy's HTTP health checks
+///   (`interval`, `timeout`, `healthy_threshold`, `unhealthy_threshold`,
+///   `expected_statuses`).
+///
+/// [`ProxyError`]: crate::ProxyError
 ///
 /// ```
 /// use std::time::Duration;
@@ -116,13 +117,19 @@ impl HealthCheck {
     pub(crate) fn apply(&self, endpoint: &Endpoint, ok: bool) {
         if ok {
             endpoint.check_failures.store(0, Relaxed);
-            let streak = endpoint.check_successes.fetch_add(1, Relaxed).saturating_add(1);
+            let streak = endpoint
+                .check_successes
+                .fetch_add(1, Relaxed)
+                .saturating_add(1);
             if streak >= self.healthy_threshold && !endpoint.healthy.swap(true, Relaxed) {
                 tracing::info!(upstream = %endpoint.target.authority(), "endpoint healthy again");
             }
         } else {
             endpoint.check_successes.store(0, Relaxed);
-            let streak = endpoint.check_failures.fetch_add(1, Relaxed).saturating_add(1);
+            let streak = endpoint
+                .check_failures
+                .fetch_add(1, Relaxed)
+                .saturating_add(1);
             if streak >= self.unhealthy_threshold && endpoint.healthy.swap(false, Relaxed) {
                 tracing::warn!(upstream = %endpoint.target.authority(), "endpoint failed its health checks");
             }

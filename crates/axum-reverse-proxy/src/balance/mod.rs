@@ -61,7 +61,7 @@ mod key;
 mod outlier;
 mod set;
 mod shared;
-mod strategy;
+pub mod strategy;
 
 pub use balanced::{BalancedProxy, StandardBalancedProxy};
 pub use discoverable::{DiscoverableBalancedProxy, StandardDiscoverableBalancedProxy};
@@ -72,32 +72,38 @@ pub use outlier::OutlierDetection;
 
 /// How a balanced proxy chooses an endpoint for each request.
 ///
-/// Each strategy's module documents its algorithm, defaults and source. All of them skip
+/// Each strategy's module under [`strategy`] documents its algorithm, defaults and
+/// source. All of them skip
 /// endpoints that are ejected or unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum LoadBalancingStrategy {
     /// Each endpoint in turn. The first request goes to the first endpoint.
+    /// See [`strategy::round_robin`].
     #[default]
     RoundRobin,
     /// Power of two choices: of two random endpoints, the one with fewer requests in
     /// flight (counted until the response body ends), relative to its weight.
+    /// See [`strategy::p2c`].
     P2cPendingRequests,
     /// Power of two choices by peak-EWMA cost, `rtt × (pending + 1) / weight`, as in
     /// Finagle and linkerd. The RTT estimate takes slower samples at once and decays
     /// with a 10 s time constant; new endpoints start at 30 ms; failures count as 1 s.
+    /// See [`strategy::peak_ewma`].
     P2cPeakEwma,
     /// nginx's smooth weighted round robin: weights 5, 1, 1 give `a a b a c a a`.
+    /// See [`strategy::weighted`].
     WeightedRoundRobin,
     /// Fewest requests in flight relative to weight: exact over up to 16 endpoints,
     /// the better of two random ones beyond (Envoy's least request).
+    /// See [`strategy::least_request`].
     LeastRequest,
-    /// A random endpoint, in proportion to weight.
+    /// A random endpoint, in proportion to weight. See [`strategy::random`].
     Random,
     /// Consistent hashing with a Maglev table over the request's
     /// [`HashKey`] (set with `with_hash_key`; the client IP by default): the same key
     /// reaches the same endpoint, and a change of one of `N` endpoints moves about `1/N`
-    /// of the keys.
+    /// of the keys. See [`strategy::maglev`].
     ConsistentHash,
 }
 

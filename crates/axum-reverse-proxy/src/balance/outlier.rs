@@ -1,22 +1,4 @@
-//! Passive outlier detection: endpoints that keep failing are taken out of rotation for
-//! a while, judged from the responses to real traffic.
-//!
-//! - **What**: after [`consecutive_gateway_failures`](OutlierDetection::with_consecutive_gateway_failures)
-//!   gateway failures in a row (default 5) — a 502, 503 or 504 from the endpoint, or the
-//!   proxy failing to connect, losing the connection or timing out — the endpoint is
-//!   ejected: it receives no traffic for `base_ejection_time × times ejected` (default
-//!   30 s), at most `max_ejection_time` (default 300 s). It comes back by itself when the
-//!   time is up; no probe is needed. A success resets the failure count. Each full
-//!   `base_ejection_time` spent in rotation since its last return takes one off the
-//!   ejection count, so an endpoint that recovered for good starts again from 30 s.
-//! - **Caps**: never more than `max_ejection_percent` of the endpoints (default 10 %)
-//!   are ejected at once, but at least one may be when there are two or more, and never
-//!   all of them: a single endpoint is never ejected.
-//! - **Why**: a crashed or overloaded instance stops receiving traffic within five
-//!   requests, without waiting for an active health check.
-//! - **Source**: Envoy's outlier detection (`consecutive_gateway_failure`,
-//!   `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`), with its
-//!   defaults. Enabled by default; [`OutlierDetection::disabled`] turns it off.
+//! Passive outlier detection: [`OutlierDetection`].
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -24,7 +6,25 @@ use std::time::Duration;
 use super::endpoint::Endpoint;
 use super::set::EndpointSet;
 
-/// Settings of passive outlier detection. See the [module docs](self) for the algorithm.
+/// Settings of passive outlier detection: endpoints that keep failing are taken out of
+/// rotation for a while, judged from the responses to real traffic.
+///
+/// - **What**: after [`consecutive_gateway_failures`](OutlierDetection::with_consecutive_gateway_failures)
+///   gateway failures in a row (default 5) — a 502, 503 or 504 from the endpoint, or the
+///   proxy failing to connect, losing the connection or timing out — the endpoint is
+///   ejected: it receives no traffic for `base_ejection_time × times ejected` (default
+///   30 s), at most `max_ejection_time` (default 300 s). It comes back by itself when the
+///   time is up; no probe is needed. A success resets the failure count. Each full
+///   `base_ejection_time` spent in rotation since its last return takes one off the
+///   ejection count, so an endpoint that recovered for good starts again from 30 s.
+/// - **Caps**: never more than `max_ejection_percent` of the endpoints (default 10 %)
+///   are ejected at once, but at least one may be when there are two or more, and never
+///   all of them: a single endpoint is never ejected.
+/// - **Why**: a crashed or overloaded instance stops receiving traffic within five
+///   requests, without waiting for an active health check.
+/// - **Source**: Envoy's outlier detection (`consecutive_gateway_failure`,
+///   `base_ejection_time`, `max_ejection_time`, `max_ejection_percent`), with its
+///   defaults. Enabled by default; [`OutlierDetection::disabled`] turns it off.
 ///
 /// ```
 /// use std::time::Duration;
@@ -102,7 +102,12 @@ impl OutlierDetection {
     /// Called after a gateway failure left `endpoint` with `consecutive` failures in a
     /// row. Ejects it if the threshold is reached and the caps allow. Returns whether it
     /// was ejected.
-    pub(crate) fn on_failure(&self, set: &EndpointSet, endpoint: &Endpoint, consecutive: u32) -> bool {
+    pub(crate) fn on_failure(
+        &self,
+        set: &EndpointSet,
+        endpoint: &Endpoint,
+        consecutive: u32,
+    ) -> bool {
         if !self.enabled || consecutive < self.consecutive_gateway_failures {
             return false;
         }
@@ -139,8 +144,8 @@ impl OutlierDetection {
             u32::try_from(u128::from(now.saturating_sub(last_end)) / base).unwrap_or(u32::MAX)
         };
         let times = previous.saturating_sub(forgiven).saturating_add(1);
-        let duration = (base.saturating_mul(u128::from(times)))
-            .min(self.max_ejection_time.as_millis().max(1));
+        let duration =
+            (base.saturating_mul(u128::from(times))).min(self.max_ejection_time.as_millis().max(1));
         let until = now.saturating_add(u64::try_from(duration).unwrap_or(u64::MAX));
         endpoint.times_ejected.store(times, Relaxed);
         endpoint.ejected_until.store(until, Relaxed);

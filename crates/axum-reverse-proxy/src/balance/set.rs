@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
+use super::LoadBalancingStrategy;
 use super::endpoint::{Clock, Endpoint, EndpointStats};
 use super::strategy::{maglev::Maglev, weighted::Schedule};
-use super::LoadBalancingStrategy;
 
 /// One immutable generation of the endpoint list, with tables derived from it. The
 /// tables are built when the snapshot is published for a strategy that needs them, or
@@ -40,7 +40,8 @@ impl Snapshot {
     }
 
     pub(crate) fn schedule(&self) -> &Schedule {
-        self.schedule.get_or_init(|| Schedule::build(&self.endpoints))
+        self.schedule
+            .get_or_init(|| Schedule::build(&self.endpoints))
     }
 
     pub(crate) fn maglev(&self) -> &Maglev {

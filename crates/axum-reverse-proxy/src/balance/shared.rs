@@ -218,7 +218,7 @@ where
         let consecutive = endpoint.record(
             outcome,
             finished.saturating_duration_since(started),
-            self.set.clock.to_ms(finished),
+            self.set.clock.ms_at(finished),
             self.config.decay,
         );
         if outcome == Outcome::GatewayFailure {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use super::LoadBalancingStrategy as S;
 use super::endpoint::{Clock, DEFAULT_RTT, Endpoint, FAILURE_PENALTY, InFlight, Outcome};
 use super::outlier::OutlierDetection;
 use super::set::EndpointSet;
 use super::strategy::maglev::Maglev;
 use super::strategy::weighted::Schedule;
 use super::strategy::{self, PickCtx};
-use super::LoadBalancingStrategy as S;
 use crate::uri::Target;
 
 const DECAY: Duration = Duration::from_secs(10);
@@ -22,7 +22,8 @@ fn endpoints(weights: &[u32], clock: &Clock) -> Vec<Arc<Endpoint>> {
         .iter()
         .enumerate()
         .map(|(i, &w)| {
-            let target = Target::parse(&format!("http://10.0.{}.{}:8080", i / 250, i % 250)).unwrap();
+            let target =
+                Target::parse(&format!("http://10.0.{}.{}:8080", i / 250, i % 250)).unwrap();
             Arc::new(Endpoint::new(target, w, clock))
         })
         .collect()
@@ -54,7 +55,9 @@ fn counts(set: &EndpointSet, strategy: S, picks: usize) -> Vec<usize> {
 #[test]
 fn round_robin_is_exact_and_starts_at_the_first() {
     let set = set(&[1, 1, 1], S::RoundRobin, 1);
-    let order: Vec<usize> = (0..6).map(|_| pick(&set, S::RoundRobin, None).unwrap()).collect();
+    let order: Vec<usize> = (0..6)
+        .map(|_| pick(&set, S::RoundRobin, None).unwrap())
+        .collect();
     assert_eq!(order, [0, 1, 2, 0, 1, 2]);
 }
 
@@ -79,7 +82,10 @@ fn smooth_weighted_round_robin_matches_nginx_order() {
 
 #[test]
 fn weighted_round_robin_falls_back_to_weighted_random_for_huge_periods() {
-    assert!(matches!(Schedule::from_weights(&[1 << 21, 1]), Schedule::Random));
+    assert!(matches!(
+        Schedule::from_weights(&[1 << 21, 1]),
+        Schedule::Random
+    ));
     let set = set(&[1 << 21, (1 << 21) - 1], S::WeightedRoundRobin, 3);
     let c = counts(&set, S::WeightedRoundRobin, 10_000);
     assert!(c[0] > 4_500 && c[1] > 4_500, "{c:?}");
@@ -104,7 +110,11 @@ fn fixed_seeds_reproduce_the_same_picks() {
         let a = set(&[1; 50], strategy, 7);
         let b = set(&[1; 50], strategy, 7);
         let c = set(&[1; 50], strategy, 8);
-        let seq = |s: &EndpointSet| (0..100).map(|_| pick(s, strategy, None).unwrap()).collect::<Vec<_>>();
+        let seq = |s: &EndpointSet| {
+            (0..100)
+                .map(|_| pick(s, strategy, None).unwrap())
+                .collect::<Vec<_>>()
+        };
         let (sa, sb, sc) = (seq(&a), seq(&b), seq(&c));
         assert_eq!(sa, sb, "{strategy:?}");
         assert_ne!(sa, sc, "{strategy:?}");
@@ -173,10 +183,19 @@ fn fast_failures_are_penalised() {
     assert_eq!(e.stats(&clock, DECAY).failures, 1);
     // 500 is not a gateway failure: no consecutive count.
     assert_eq!(e.stats(&clock, DECAY).consecutive_failures, 0);
-    assert_eq!(e.record(Outcome::GatewayFailure, Duration::ZERO, now, DECAY), 1);
-    assert_eq!(e.record(Outcome::GatewayFailure, Duration::ZERO, now, DECAY), 2);
+    assert_eq!(
+        e.record(Outcome::GatewayFailure, Duration::ZERO, now, DECAY),
+        1
+    );
+    assert_eq!(
+        e.record(Outcome::GatewayFailure, Duration::ZERO, now, DECAY),
+        2
+    );
     assert_eq!(e.record(Outcome::Success, Duration::ZERO, now, DECAY), 0);
-    assert_eq!(e.record(Outcome::NotTheEndpoint, Duration::ZERO, now, DECAY), 0);
+    assert_eq!(
+        e.record(Outcome::NotTheEndpoint, Duration::ZERO, now, DECAY),
+        0
+    );
 }
 
 #[test]
@@ -230,7 +249,9 @@ fn every_strategy_skips_unavailable_endpoints_and_none_means_none() {
 // ===== Maglev =====
 
 fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("http://backend-{i}.internal:8080")).collect()
+    (0..n)
+        .map(|i| format!("http://backend-{i}.internal:8080"))
+        .collect()
 }
 
 fn refs(v: &[String]) -> Vec<(&str, u32)> {
@@ -257,7 +278,10 @@ fn maglev_is_balanced_and_moves_about_one_nth_on_add() {
         }
         let ideal = before.len() as f64 / n as f64;
         for (&i, &s) in &share {
-            assert!((s as f64 - ideal).abs() / ideal < 0.02, "n={n} endpoint {i}: {s} vs {ideal}");
+            assert!(
+                (s as f64 - ideal).abs() / ideal < 0.02,
+                "n={n} endpoint {i}: {s} vs {ideal}"
+            );
         }
         // Adding one endpoint moves at most 1/(N+1) + 2 % of the keys.
         let keys = 100_000;
@@ -266,7 +290,10 @@ fn maglev_is_balanced_and_moves_about_one_nth_on_add() {
         let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count() as f64 / keys as f64;
         let bound = 1.0 / (n + 1) as f64 + 0.02;
         assert!(moved <= bound, "n={n}: moved {moved:.4} > {bound:.4}");
-        assert!(moved >= 1.0 / (n + 1) as f64 * 0.8, "n={n}: moved {moved:.4}, suspiciously few");
+        assert!(
+            moved >= 1.0 / (n + 1) as f64 * 0.8,
+            "n={n}: moved {moved:.4}, suspiciously few"
+        );
     }
 }
 
@@ -311,7 +338,12 @@ fn fail(set: &EndpointSet, o: &OutlierDetection, i: usize, times: u32) -> bool {
     let e = Arc::clone(&set.load().endpoints[i]);
     let mut ejected = false;
     for _ in 0..times {
-        let c = e.record(Outcome::GatewayFailure, Duration::ZERO, set.clock.now_ms(), DECAY);
+        let c = e.record(
+            Outcome::GatewayFailure,
+            Duration::ZERO,
+            set.clock.now_ms(),
+            DECAY,
+        );
         ejected |= o.on_failure(set, &e, c);
     }
     ejected

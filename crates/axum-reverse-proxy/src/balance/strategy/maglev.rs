@@ -50,7 +50,11 @@ impl Maglev {
         if n == 0 {
             return Maglev { table: Vec::new() };
         }
-        let m = if n > SMALL_LIMIT { LARGE_TABLE } else { SMALL_TABLE };
+        let m = if n > SMALL_LIMIT {
+            LARGE_TABLE
+        } else {
+            SMALL_TABLE
+        };
         let m64 = m as u64;
         let perms: Vec<(u64, u64)> = names
             .iter()

@@ -10,13 +10,13 @@ use super::LoadBalancingStrategy;
 use super::endpoint::{Clock, Endpoint};
 use super::set::{EndpointSet, Snapshot};
 
-pub(crate) mod least_request;
-pub(crate) mod maglev;
-pub(crate) mod p2c;
-pub(crate) mod peak_ewma;
-pub(crate) mod random;
-pub(crate) mod round_robin;
-pub(crate) mod weighted;
+pub mod least_request;
+pub mod maglev;
+pub mod p2c;
+pub mod peak_ewma;
+pub mod random;
+pub mod round_robin;
+pub mod weighted;
 
 /// What a strategy may use to pick.
 pub(crate) struct PickCtx<'a> {
@@ -86,7 +86,11 @@ pub(crate) fn pick(
 }
 
 /// The first available endpoint at or after `start`, wrapping around.
-pub(crate) fn next_available(snapshot: &Snapshot, ctx: &PickCtx<'_>, start: usize) -> Option<usize> {
+pub(crate) fn next_available(
+    snapshot: &Snapshot,
+    ctx: &PickCtx<'_>,
+    start: usize,
+) -> Option<usize> {
     let n = snapshot.len();
     (0..n)
         .map(|k| (start + k) % n)
@@ -96,7 +100,10 @@ pub(crate) fn next_available(snapshot: &Snapshot, ctx: &PickCtx<'_>, start: usiz
 /// Two distinct available endpoints drawn uniformly (one if only one is available), for
 /// the power-of-two-choices strategies. A few redraws skip unavailable endpoints; after
 /// that the draw is made among the available ones directly.
-pub(crate) fn two_choices(snapshot: &Snapshot, ctx: &mut PickCtx<'_>) -> Option<(usize, Option<usize>)> {
+pub(crate) fn two_choices(
+    snapshot: &Snapshot,
+    ctx: &mut PickCtx<'_>,
+) -> Option<(usize, Option<usize>)> {
     let n = snapshot.len();
     match n {
         0 => return None,

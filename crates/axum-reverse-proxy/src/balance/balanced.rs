@@ -262,6 +262,13 @@ where
         self.shared.endpoints()
     }
 
+    /// Choose an endpoint for `req` without sending anything; whether one was found.
+    /// For the selection benchmarks: not part of the API, may change at any time.
+    #[doc(hidden)]
+    pub fn __select_for_bench(&self, req: &Request<Body>) -> bool {
+        self.shared.choose(req).is_some()
+    }
+
     /// Forward one request; for use inside ordinary handlers.
     pub async fn proxy_request(&self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
         Ok(Arc::clone(&self.shared).handle(req).await)

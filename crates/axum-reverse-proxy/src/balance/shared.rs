@@ -177,7 +177,7 @@ where
     }
 
     /// Choose an endpoint for `req`.
-    fn choose(&self, req: &Request<Body>) -> Option<Arc<Endpoint>> {
+    pub(crate) fn choose(&self, req: &Request<Body>) -> Option<Arc<Endpoint>> {
         let hash = match self.config.strategy {
             LoadBalancingStrategy::ConsistentHash => self.config.hash_key.hash(req),
             _ => None,

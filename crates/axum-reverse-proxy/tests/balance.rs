@@ -281,7 +281,7 @@ async fn smooth_weighted_round_robin_order() {
 #[tokio::test]
 async fn p2c_peak_ewma_prefers_the_fast_endpoint() {
     let slow = serve(Router::new().fallback(|| async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         "slow"
     }))
     .await;
@@ -295,7 +295,7 @@ async fn p2c_peak_ewma_prefers_the_fast_endpoint() {
             fast_hits += 1;
         }
     }
-    assert!(fast_hits >= 37, "fast got only {fast_hits} of 40");
+    assert!(fast_hits >= 36, "fast got only {fast_hits} of 40");
     let stats = proxy.endpoints();
     assert!(stats[0].rtt_ewma > stats[1].rtt_ewma, "{stats:?}");
 }
@@ -450,6 +450,35 @@ async fn outlier_ejection_and_recovery_with_real_upstreams() {
 }
 
 #[tokio::test]
+async fn connect_errors_are_gateway_failures_and_a_single_endpoint_stays() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap();
+    drop(listener);
+    let proxy = BalancedProxy::new("/".to_string(), vec![format!("http://{closed}")]);
+    for _ in 0..7 {
+        let response = call(&proxy, request("/")).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(
+            response
+                .extensions()
+                .get::<ProxyError>()
+                .unwrap()
+                .is_connect()
+        );
+    }
+    let stats = &proxy.endpoints()[0];
+    assert_eq!(
+        (stats.requests, stats.failures, stats.pending),
+        (7, 7, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.consecutive_failures, 7);
+    // Never eject the last endpoint.
+    assert_eq!(stats.ejected_until, None);
+    assert!(stats.rtt_ewma >= Duration::from_millis(900), "{stats:?}");
+}
+
+#[tokio::test]
 async fn active_health_checks_flip_an_endpoint_down_and_up() {
     let status = Arc::new(AtomicU16::new(200));
     let (checks_tx, mut checks) = mpsc::unbounded_channel::<u16>();
@@ -513,15 +542,20 @@ async fn active_health_checks_flip_an_endpoint_down_and_up() {
         "{answers:?}"
     );
 
-    // The task stops with the proxy: the upstream is no longer checked.
+    // The task stops with the proxy: the upstream is no longer checked (one check
+    // already on the wire may still arrive; a running task would make about 15).
     drop(proxy);
-    tokio::task::yield_now().await;
     while checks.try_recv().is_ok() {}
+    let mut late = 0;
+    let _ = timeout(Duration::from_millis(300), async {
+        while checks.recv().await.is_some() {
+            late += 1;
+        }
+    })
+    .await;
     assert!(
-        timeout(Duration::from_millis(200), checks.recv())
-            .await
-            .is_err(),
-        "health checks still running after the proxy was dropped"
+        late <= 1,
+        "{late} health checks after the proxy was dropped"
     );
 }
 

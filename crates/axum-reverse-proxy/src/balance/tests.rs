@@ -302,6 +302,10 @@ fn maglev_respects_weights_and_large_sets() {
     let table = Maglev::from_names(&[("a", 3), ("b", 1)]);
     let a = (0..table.len()).filter(|&s| table.at(s) == 0).count() as f64;
     assert!((a / table.len() as f64 - 0.75).abs() < 0.01, "{a}");
+    // Extreme ratios are compressed to 64:1 and still build quickly.
+    let skewed = Maglev::from_names(&[("a", 1), ("b", u32::MAX)]);
+    let a = (0..skewed.len()).filter(|&s| skewed.at(s) == 0).count();
+    assert!(a > skewed.len() / 100 && a < skewed.len() / 50, "{a}");
     let many = names(1_000);
     let refs: Vec<(&str, u32)> = many.iter().map(|s| (s.as_str(), 1)).collect();
     let big = Maglev::from_names(&refs);

@@ -9,8 +9,9 @@
 //!   gets an almost equal share of the slots, and adding or removing one of `N` endpoints
 //!   moves only about `1/N` of the keys. Lookups are one array read.
 //! - **Defaults**: the table has 65,537 slots (a prime), or 655,373 when there are more
-//!   than 650 endpoints, so each endpoint holds about 100 slots or more. The table is
-//!   rebuilt when the endpoint set changes, never on the request path.
+//!   than 650 endpoints: about 100 slots per endpoint or more up to 6,500 endpoints (65
+//!   at 10,000). Weights give proportional shares of the slots, up to a ratio of 64:1.
+//!   The table is rebuilt when the endpoint set changes, never on the request path.
 //! - **Unavailable endpoints**: a key whose endpoint is ejected or unhealthy walks on to
 //!   the next slots until it finds an available endpoint, so its keys spread over the
 //!   others and come back when it recovers. A request without the key is sent to a random
@@ -65,13 +66,19 @@ impl Maglev {
             })
             .collect();
         let max_weight = names.iter().map(|(_, w)| (*w).max(1)).max().unwrap_or(1);
+        // Each round every endpoint earns weight / max weight of a slot; ratios beyond
+        // 64:1 are compressed so that a tiny weight cannot make the build take m × n steps.
+        let earn: Vec<f64> = names
+            .iter()
+            .map(|(_, w)| (f64::from((*w).max(1)) / f64::from(max_weight)).max(1.0 / 64.0))
+            .collect();
         let mut credit = vec![0f64; n];
         let mut next = vec![0u64; n];
         let mut table = vec![u32::MAX; m];
         let mut filled = 0;
         while filled < m {
             for i in 0..n {
-                credit[i] += f64::from(names[i].1.max(1)) / f64::from(max_weight);
+                credit[i] += earn[i];
                 if credit[i] < 1.0 {
                     continue;
                 }

@@ -19,7 +19,8 @@ use super::set::EndpointSet;
 ///   ejection count, so an endpoint that recovered for good starts again from 30 s.
 /// - **Caps**: never more than `max_ejection_percent` of the endpoints (default 10 %)
 ///   are ejected at once, but at least one may be when there are two or more, and never
-///   all of them: a single endpoint is never ejected.
+///   all of them: a single endpoint is never ejected, nor the last one that is healthy
+///   and not ejected.
 /// - **Why**: a crashed or overloaded instance stops receiving traffic within five
 ///   requests, without waiting for an active health check.
 /// - **Source**: Envoy's outlier detection (`consecutive_gateway_failure`,
@@ -131,6 +132,15 @@ impl OutlierDetection {
             .filter(|e| e.is_ejected_at(now))
             .count();
         if ejected >= self.max_ejected(snapshot.len()) {
+            return false;
+        }
+        // Never take out the last endpoint that can serve (others may be down by health
+        // checks).
+        let others_available = snapshot
+            .endpoints
+            .iter()
+            .any(|e| e.id != endpoint.id && e.is_available(|| now));
+        if !others_available {
             return false;
         }
         let base = self.base_ejection_time.as_millis().max(1);

@@ -406,4 +406,9 @@ fn a_single_endpoint_is_never_ejected_and_disabled_never_ejects() {
     assert!(!fail(&single, &o, 0, 50));
     let two = set(&[1, 1], S::RoundRobin, 1);
     assert!(!fail(&two, &OutlierDetection::disabled(), 0, 50));
+    // The other one is down by health checks: this one is the last that can serve.
+    two.load().endpoints[1].healthy.store(false, Relaxed);
+    assert!(!fail(&two, &o, 0, 50));
+    two.load().endpoints[1].healthy.store(true, Relaxed);
+    assert!(fail(&two, &o, 0, 5));
 }

@@ -157,6 +157,22 @@ async fn compat_balanced_proxy_1_3_signatures() {
     let response = tower::Service::call(&mut svc, request("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
+    // Paths are joined as for `ReverseProxy`: the mount path is stripped once, the
+    // target's path and query come first.
+    let echo = serve(Router::new().fallback(|uri: http::Uri| async move { uri.to_string() })).await;
+    let joined = BalancedProxy::new(
+        "/api".to_string(),
+        vec![
+            format!("http://{echo}/base?k=v"),
+            format!("http://{echo}/other"),
+        ],
+    );
+    let app: Router = Router::from(joined.clone());
+    assert_eq!(hit(&app, "/api/api/x?y=1").await.1, "/base/api/x?k=v&y=1");
+    assert_eq!(hit(&app, "/api").await.1, "/other");
+    let nested: Router = Router::new().nest("/api", Router::new().fallback_service(joined));
+    assert_eq!(hit(&nested, "/api/z").await.1, "/base/z?k=v");
+
     // A bad target is refused at construction, not per request.
     assert!(BalancedProxy::try_new("/", vec!["not a url"]).is_err());
 }

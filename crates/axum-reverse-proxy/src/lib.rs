@@ -71,6 +71,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod balance;
 mod client;
 mod error;
 mod headers;
@@ -81,6 +82,11 @@ mod rfc9110;
 mod router;
 mod uri;
 
+pub use balance::{
+    BalancedProxy, DiscoverableBalancedProxy, EndpointStats, HashKey, HealthCheck,
+    LoadBalancingStrategy, OutlierDetection, StandardBalancedProxy,
+    StandardDiscoverableBalancedProxy,
+};
 pub use client::ProxyConnector;
 #[cfg(feature = "native-tls")]
 pub use client::tls::create_dangerous_native_tls_connector;

@@ -40,6 +40,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use crate::balance::{BalancedProxy, DiscoverableBalancedProxy};
 use crate::client::{self, ProxyConnector, Transport};
 use crate::error::{Kind, ProxyError};
 use crate::policy::ProxyPolicy;
@@ -87,6 +88,32 @@ where
     S: Clone + Send + Sync + 'static,
 {
     fn from(proxy: ReverseProxy<C>) -> Self {
+        let path = proxy.path().to_owned();
+        mount(&path, proxy)
+    }
+}
+
+impl<C, S> From<BalancedProxy<C>> for Router<S>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    fn from(proxy: BalancedProxy<C>) -> Self {
+        let path = proxy.path().to_owned();
+        mount(&path, proxy)
+    }
+}
+
+impl<C, D, S> From<DiscoverableBalancedProxy<C, D>> for Router<S>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    D: tower::discover::Discover + Send + 'static,
+    D::Key: std::hash::Hash + Eq + Clone + std::fmt::Debug + Send + Sync,
+    D::Service: Into<String> + Send,
+    D::Error: std::fmt::Debug + Send,
+    S: Clone + Send + Sync + 'static,
+{
+    fn from(proxy: DiscoverableBalancedProxy<C, D>) -> Self {
         let path = proxy.path().to_owned();
         mount(&path, proxy)
     }

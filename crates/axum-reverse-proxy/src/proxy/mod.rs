@@ -66,7 +66,7 @@ impl<C> std::fmt::Debug for ReverseProxy<C> {
     }
 }
 
-fn check_tls(target: &Target) -> Result<(), InvalidTarget> {
+pub(crate) fn check_tls(target: &Target) -> Result<(), InvalidTarget> {
     if target.is_https() && !client::TLS_ENABLED {
         return Err(InvalidTarget {
             target: target.as_str().to_owned(),
@@ -215,7 +215,7 @@ where
 
 /// Whether a nest at `nested` has already removed `base`: the nest path ends with the
 /// base on a segment boundary.
-fn nested_at(nested: &str, base: &str) -> bool {
+pub(crate) fn nested_at(nested: &str, base: &str) -> bool {
     if base.is_empty() {
         return false;
     }

@@ -77,6 +77,10 @@ impl ProxyError {
         }
     }
 
+    pub(crate) fn kind(&self) -> Kind {
+        self.inner.kind
+    }
+
     /// The request never reached the upstream: connecting failed (refused, unreachable,
     /// DNS or TLS failure, connect timeout). Such a request is always safe to retry.
     pub fn is_connect(&self) -> bool {

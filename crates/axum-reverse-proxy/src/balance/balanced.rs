@@ -132,7 +132,7 @@ where
         let endpoints = endpoints_from(targets, &clock)?;
         Ok(Self::from_parts(
             path.into(),
-            Transport::Client(client),
+            Transport::Client(Arc::new(client)),
             endpoints,
             clock,
         ))

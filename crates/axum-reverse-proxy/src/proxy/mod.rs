@@ -214,15 +214,15 @@ where
 }
 
 /// Whether a nest at `nested` has already removed `base`: the nest path ends with the
-/// base on a segment boundary.
+/// base on a segment boundary (`/v1/api` ends with `/api`, `/xapi` does not).
 fn nested_at(nested: &str, base: &str) -> bool {
     if base.is_empty() {
         return false;
     }
     let nested = uri::normalize_base(nested);
-    nested
-        .strip_suffix(base)
-        .is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
+    nested.strip_suffix(base).is_some_and(|rest| {
+        rest.is_empty() || rest.ends_with('/') || base.starts_with('/')
+    })
 }
 
 impl<C> tower::Service<Request<Body>> for ReverseProxy<C>

@@ -137,7 +137,12 @@ where
         discover: D,
         strategy: LoadBalancingStrategy,
     ) -> Self {
-        Self::from_parts(path.into(), Transport::Client(Arc::new(client)), discover, strategy)
+        Self::from_parts(
+            path.into(),
+            Transport::Client(Arc::new(client)),
+            discover,
+            strategy,
+        )
     }
 
     fn from_parts(

@@ -5,7 +5,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::NestedPath;
 use http::{Request, Response};
 use hyper_util::client::legacy::connect::Connect;
 use tokio::task::JoinHandle;
@@ -19,7 +18,7 @@ use super::outlier::OutlierDetection;
 use super::set::EndpointSet;
 use super::strategy::{self, PickCtx};
 use crate::error::{InvalidTarget, Kind, ProxyError};
-use crate::proxy::{Forwarder, nested_at};
+use crate::proxy::{Forwarder, mounted_path_and_query};
 use crate::uri::{self, Target};
 
 /// Peak-EWMA time constant.
@@ -196,18 +195,7 @@ where
         };
         let flight = InFlight::start(endpoint);
         let endpoint = Arc::clone(flight.endpoint());
-        // Under `Router::nest` at our own path, axum already removed the prefix.
-        let strip = !req
-            .extensions()
-            .get::<NestedPath>()
-            .is_some_and(|nested| nested_at(nested.as_str(), &self.base));
-        let path_and_query = uri::join_path_and_query(
-            &self.base,
-            &endpoint.target,
-            req.uri().path(),
-            req.uri().query(),
-            strip,
-        );
+        let path_and_query = mounted_path_and_query(&req, &self.base, &endpoint.target);
         let started = Instant::now();
         let response = self
             .forwarder

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::NestedPath;
-use http::{Request, Response};
+use axum::extract::{NestedPath, OriginalUri};
+use http::{Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 
@@ -194,18 +194,7 @@ where
     /// ```
     pub async fn proxy_request(&self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
         let mount = &*self.mount;
-        // Under `Router::nest` at our own path, axum already removed the prefix.
-        let strip = !req
-            .extensions()
-            .get::<NestedPath>()
-            .is_some_and(|nested| nested_at(nested.as_str(), &mount.base));
-        let path_and_query = uri::join_path_and_query(
-            &mount.base,
-            &mount.target,
-            req.uri().path(),
-            req.uri().query(),
-            strip,
-        );
+        let path_and_query = mounted_path_and_query(&req, &mount.base, &mount.target);
         Ok(self
             .forwarder
             .forward(&mount.target, req, path_and_query)
@@ -213,16 +202,53 @@ where
     }
 }
 
+/// The upstream path and query for `req` on a proxy mounted at `base` (normalised):
+/// the joining rules of [`uri`], applied once whichever way axum routed the request.
+pub(crate) fn mounted_path_and_query(req: &Request<Body>, base: &str, target: &Target) -> String {
+    let nested = req
+        .extensions()
+        .get::<NestedPath>()
+        .filter(|nested| nested_at(nested.as_str(), base));
+    let Some(nested) = nested else {
+        return uri::join_path_and_query(base, target, req.uri().path(), req.uri().query(), true);
+    };
+    // Under `Router::nest` at our own path, axum already removed the prefix, and
+    // rewrote what follows it (`/api//x` became `/x`, `/api/` became `/`): when the
+    // original URI is known, strip the nest path from it ourselves.
+    match original_below(req, nested.as_str()) {
+        Some(original) => uri::join_path_and_query(
+            uri::normalize_base(nested.as_str()),
+            target,
+            original.path(),
+            original.query(),
+            true,
+        ),
+        None => uri::join_path_and_query(base, target, req.uri().path(), req.uri().query(), false),
+    }
+}
+
+/// The request's original URI, when its path starts with the literal nest path
+/// `nested` on a segment boundary.
+fn original_below<'a>(req: &'a Request<Body>, nested: &str) -> Option<&'a Uri> {
+    let original = &req.extensions().get::<OriginalUri>()?.0;
+    let prefix = uri::normalize_base(nested);
+    if prefix.contains('{') {
+        return None;
+    }
+    let rest = original.path().strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(original)
+}
+
 /// Whether a nest at `nested` has already removed `base`: the nest path ends with the
-/// base on a segment boundary.
-pub(crate) fn nested_at(nested: &str, base: &str) -> bool {
+/// base on a segment boundary (`/v1/api` ends with `/api`, `/xapi` does not).
+fn nested_at(nested: &str, base: &str) -> bool {
     if base.is_empty() {
         return false;
     }
     let nested = uri::normalize_base(nested);
     nested
         .strip_suffix(base)
-        .is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
+        .is_some_and(|rest| rest.is_empty() || rest.ends_with('/') || base.starts_with('/'))
 }
 
 impl<C> tower::Service<Request<Body>> for ReverseProxy<C>

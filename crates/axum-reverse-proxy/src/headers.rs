@@ -6,9 +6,15 @@
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and must not be
 //! forwarded: `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
-//! `TE` (except `TE: trailers`, which gRPC needs end to end), `Trailer`,
-//! `Transfer-Encoding`, `Upgrade` (except on an upgrade, which the proxy carries through),
-//! and the proxy's own `Proxy-Authorization` / `Proxy-Authenticate`.
+//! `TE` (except `TE: trailers`, which gRPC needs end to end), `Transfer-Encoding`,
+//! `Upgrade` (except on an upgrade, which the proxy carries through), and the proxy's own
+//! `Proxy-Authorization` / `Proxy-Authenticate`.
+//!
+//! `Trailer` is kept. RFC 2616 listed it as hop-by-hop, but RFC 9110 (§6.6.2, §7.6.1)
+//! makes it an end-to-end declaration of the trailer fields that follow the body, and
+//! hyper's HTTP/1 encoder sends only the trailer fields it declares: stripping it would
+//! silently drop every trailer on an HTTP/1 hop. (A `Trailer` named in `Connection` is
+//! still removed, as any connection option is.)
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -26,7 +32,6 @@ const FORWARDED: HeaderName = header::FORWARDED;
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
-        || name == header::TRAILER
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
         || name == header::PROXY_AUTHORIZATION
@@ -94,7 +99,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
-    headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::PROXY_AUTHENTICATE);

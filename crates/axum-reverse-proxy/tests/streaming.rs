@@ -158,12 +158,11 @@ async fn trailers_both_ways_over_http2_upstream() {
     trailers_round_trip(ProxyPolicy::new().with_h2c(true), true).await;
 }
 
-/// Request trailers are not checked here: hyper's HTTP/1 client writes only the
-/// trailer fields that the request's `Trailer` header declares, and the proxy strips
-/// `Trailer` as hop-by-hop, so an HTTP/1 origin never gets them (a known limitation).
+/// hyper's HTTP/1 client writes only the trailer fields that the request's `Trailer`
+/// header declares, so this passes only because the proxy forwards `Trailer`.
 #[tokio::test]
-async fn response_trailers_over_http1_upstream() {
-    trailers_round_trip(ProxyPolicy::new(), false).await;
+async fn trailers_both_ways_over_http1_upstream() {
+    trailers_round_trip(ProxyPolicy::new(), true).await;
 }
 
 // ===== Expect: 100-continue =====

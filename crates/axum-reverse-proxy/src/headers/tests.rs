@@ -32,7 +32,7 @@ fn strips_hop_by_hop_and_what_connection_names() {
     strip_hop_by_hop(&mut h, false);
     let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["cookie", "x-keep"]);
+    assert_eq!(names, ["cookie", "trailer", "x-keep"]);
 }
 
 #[test]

@@ -130,7 +130,6 @@ const HOP: &[&str] = &[
     "keep-alive",
     "proxy-connection",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
     "proxy-authorization",

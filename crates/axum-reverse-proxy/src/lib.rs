@@ -9,6 +9,7 @@
 //!
 //! ```no_run
 //! use axum::Router;
+//! use axum::serve::ListenerExt;
 //! use axum_reverse_proxy::ReverseProxy;
 //!
 //! # async fn run() {
@@ -16,7 +17,13 @@
 //! let app: Router = Router::new()
 //!     .route("/", axum::routing::get(|| async { "hello" }))
 //!     .merge(proxy);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! // Without TCP_NODELAY, streamed responses wait ~40 ms per write for delayed ACKs.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080")
+//!     .await
+//!     .unwrap()
+//!     .tap_io(|tcp| {
+//!         let _ = tcp.set_nodelay(true);
+//!     });
 //! axum::serve(
 //!     listener,
 //!     app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

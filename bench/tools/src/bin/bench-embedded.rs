@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use axum_reverse_proxy::ReverseProxy;
 
 #[tokio::main]

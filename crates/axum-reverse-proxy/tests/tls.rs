@@ -74,6 +74,8 @@ struct Seen {
     alpn: Option<Vec<u8>>,
     /// `Host`, or the `:authority` of an HTTP/2 request.
     authority: Option<String>,
+    // Read by the rustls-only tests.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     path: String,
 }
 

@@ -1,0 +1,66 @@
+//! The endpoint value of the file and etcd sources, and URL validation.
+
+use std::fmt;
+
+use crate::error::BoxError;
+
+/// An endpoint URL with a relative weight (default 1), as listed in a file or stored in
+/// etcd. It converts into its URL (`Into<String>`), so it feeds any balancer that takes URL
+/// strings; a weighted balancer can read [`weight`](Self::weight).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WeightedUrl {
+    url: String,
+    weight: u32,
+}
+
+impl WeightedUrl {
+    /// `url` with weight `weight`. `url` must be an absolute `http://` or `https://` URL
+    /// and `weight` at least 1.
+    pub fn new(url: impl Into<String>, weight: u32) -> Result<Self, BoxError> {
+        let url = url.into();
+        check_url(&url)?;
+        if weight == 0 {
+            return Err(format!("weight of {url} must be at least 1").into());
+        }
+        Ok(Self { url, weight })
+    }
+
+    /// The endpoint URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The relative weight, at least 1.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+impl fmt::Display for WeightedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl From<WeightedUrl> for String {
+    fn from(endpoint: WeightedUrl) -> Self {
+        endpoint.url
+    }
+}
+
+/// Accepts absolute `http`/`https` URLs with a host, as a proxy target needs.
+pub(crate) fn check_url(url: &str) -> Result<(), BoxError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid endpoint URL {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!("endpoint URL {url:?} must start with http:// or https://").into());
+        }
+    }
+    match uri.host() {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err(format!("endpoint URL {url:?} has no host").into()),
+    }
+}

@@ -534,7 +534,7 @@ impl Lookup {
 
 /// The background task of a [`DnsDiscovery`]: look up, publish, wait, until every handle
 /// is dropped.
-async fn run(lookup: Lookup, mut publisher: Publisher<EndpointSet>) {
+async fn run(lookup: Lookup, publisher: Publisher<EndpointSet>) {
     let mut failures = 0u32;
     loop {
         let outcome = tokio::select! {

@@ -59,8 +59,24 @@ pub(crate) fn check_url(url: &str) -> Result<(), BoxError> {
             return Err(format!("endpoint URL {url:?} must start with http:// or https://").into());
         }
     }
-    match uri.host() {
-        Some(host) if !host.is_empty() => Ok(()),
-        _ => Err(format!("endpoint URL {url:?} has no host").into()),
+    let Some(authority) = uri.authority() else {
+        return Err(format!("endpoint URL {url:?} has no host").into());
+    };
+    if authority.host().is_empty() {
+        return Err(format!("endpoint URL {url:?} has no host").into());
     }
+    // `http::Uri` accepts any digits as a port; a proxy target needs a real one.
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, hp)| hp);
+    let port = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host_port.split_once(':').map_or("", |(_, port)| port),
+    };
+    let port = port.strip_prefix(':').unwrap_or(port);
+    if !port.is_empty() && port.parse::<u16>().is_err() {
+        return Err(format!("invalid endpoint URL {url:?}: bad port {port:?}").into());
+    }
+    Ok(())
 }

@@ -24,7 +24,7 @@ use crate::error::BoxError;
 ///
 /// URLs are not validated here; the consumer rejects what it cannot use. A clone starts
 /// again from the first Insert.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StaticDiscovery {
     urls: Arc<[String]>,
     next: usize,
@@ -45,6 +45,15 @@ impl StaticDiscovery {
             .collect();
         Self {
             urls: urls.into(),
+            next: 0,
+        }
+    }
+}
+
+impl Clone for StaticDiscovery {
+    fn clone(&self) -> Self {
+        Self {
+            urls: Arc::clone(&self.urls),
             next: 0,
         }
     }
@@ -170,7 +179,7 @@ fn fingerprint(path: &Path) -> Fingerprint {
     }
 }
 
-async fn watch_file(path: PathBuf, interval: Duration, mut publisher: Publisher<FileSet>) {
+async fn watch_file(path: PathBuf, interval: Duration, publisher: Publisher<FileSet>) {
     let path = Arc::new(path);
     let mut last: Option<Fingerprint> = None;
     loop {

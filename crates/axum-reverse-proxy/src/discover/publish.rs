@@ -12,6 +12,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ impl<M> Clone for State<M> {
 /// The task's end of the channel.
 pub(crate) struct Publisher<M> {
     tx: watch::Sender<State<M>>,
-    seq: u64,
+    seq: AtomicU64,
 }
 
 impl<M: PartialEq + Send + Sync + 'static> Publisher<M> {
@@ -61,12 +62,18 @@ impl<M: PartialEq + Send + Sync + 'static> Publisher<M> {
             set: None,
             failure: None,
         });
-        (Self { tx, seq: 0 }, rx)
+        (
+            Self {
+                tx,
+                seq: AtomicU64::new(0),
+            },
+            rx,
+        )
     }
 
     /// Publishes a successful round. Subscribers are woken only if the set changed or a
     /// failure is cleared.
-    pub(crate) fn publish(&mut self, set: M) {
+    pub(crate) fn publish(&self, set: M) {
         self.tx.send_if_modified(|state| {
             let same = state.set.as_deref() == Some(&set);
             if same && state.failure.is_none() {
@@ -82,10 +89,9 @@ impl<M: PartialEq + Send + Sync + 'static> Publisher<M> {
     }
 
     /// Publishes a failed round; the previous set is kept.
-    pub(crate) fn fail(&mut self, error: impl Into<BoxError>) {
-        self.seq += 1;
+    pub(crate) fn fail(&self, error: impl Into<BoxError>) {
         let failure = Failure {
-            seq: self.seq,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             error: Arc::from(error.into()),
         };
         self.tx.send_modify(|state| state.failure = Some(failure));

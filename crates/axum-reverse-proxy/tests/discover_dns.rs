@@ -594,3 +594,15 @@ fn the_1_3_config_is_unchanged() {
     assert_eq!(defaults.refresh_interval, config.refresh_interval);
     assert!(!defaults.use_https);
 }
+
+#[test]
+fn static_dns_discovery_is_built_outside_a_runtime_and_polled_inside() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dns = runtime.block_on(TestDns::start(&[("web.test.", 300, a([10, 0, 0, 1]))]));
+    let mut discovery = StaticDnsDiscovery::new(dns.config("web.test.")).unwrap();
+    let got = runtime.block_on(inserts(&mut discovery, 1));
+    assert_eq!(got, [insert("10.0.0.1", "http://10.0.0.1:8080")]);
+}

@@ -342,3 +342,50 @@ async fn bad_configurations_are_errors() {
     assert!(EtcdDiscovery::new(EtcdDiscoveryConfig::new(Vec::<String>::new(), "/")).is_err());
     assert!(EtcdDiscovery::new(EtcdDiscoveryConfig::new(["127.0.0.1:2379"], "/")).is_err());
 }
+
+/// etcd's own count of open watchers.
+async fn watchers(etcd: &Etcd) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", etcd.client_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .map(|n| n as u64)
+        .expect("etcd reports etcd_debugging_mvcc_watcher_total")
+}
+
+async fn wait_for_watchers(etcd: &Etcd, expected: u64) {
+    for _ in 0..100 {
+        if watchers(etcd).await == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "etcd still has {} watchers, expected {expected}",
+        watchers(etcd).await
+    );
+}
+
+#[tokio::test]
+async fn one_watch_for_all_clones_and_none_once_they_are_dropped() {
+    let etcd = Etcd::start().await;
+    etcd.put("/pool/a", "http://10.0.0.1:8080").await;
+    let mut discovery = etcd.discovery("/pool/");
+    take(&mut discovery, 1).await;
+    let mut clone = discovery.clone();
+    take(&mut clone, 1).await;
+    wait_for_watchers(&etcd, 1).await;
+    drop(discovery);
+    etcd.put("/pool/b", "http://10.0.0.2:8080").await;
+    assert_eq!(
+        take(&mut clone, 1).await,
+        ["+/pool/b=http://10.0.0.2:8080 w1"]
+    );
+    drop(clone);
+    wait_for_watchers(&etcd, 0).await;
+}

@@ -146,6 +146,7 @@ where
     }
 
     /// A new subscriber to the same task with another projection.
+    #[cfg(feature = "dns")]
     pub(crate) fn resubscribe_as<K2, V2>(
         &self,
         project: fn(&M) -> BTreeMap<K2, V2>,
@@ -237,6 +238,7 @@ impl fmt::Display for Message {
 impl StdError for Message {}
 
 /// Capped exponential backoff: `floor`, `2·floor`, … up to `cap`.
+#[cfg(any(feature = "dns", feature = "etcd", test))]
 pub(crate) fn backoff(floor: Duration, cap: Duration, failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     floor.saturating_mul(factor).min(cap.max(floor))

@@ -235,3 +235,18 @@ mod etcd {
         }
     }
 }
+
+#[test]
+fn sources_are_send_sync_and_static() {
+    fn check<T: tower::discover::Discover + Send + Sync + Clone + Unpin + 'static>() {}
+    check::<super::StaticDiscovery>();
+    check::<super::FileDiscovery>();
+    #[cfg(feature = "dns")]
+    {
+        check::<super::DnsDiscovery>();
+        check::<super::DnsEndpointDiscovery>();
+        check::<super::StaticDnsDiscovery>();
+    }
+    #[cfg(feature = "etcd")]
+    check::<super::EtcdDiscovery>();
+}

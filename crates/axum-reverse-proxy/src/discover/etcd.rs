@@ -265,21 +265,7 @@ impl Session<'_> {
                 continue;
             };
             buffer.extend_from_slice(&data);
-            let mut messages = Vec::new();
-            let mut values = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
-            loop {
-                match values.next() {
-                    Some(Ok(value)) => messages.push(value),
-                    Some(Err(e)) if e.is_eof() => break,
-                    Some(Err(e)) => return Err(format!("bad watch message: {e}").into()),
-                    None => break,
-                }
-            }
-            let consumed = values.byte_offset();
-            buffer.drain(..consumed);
-            if buffer.len() > MAX_MESSAGE {
-                return Err("watch message too large".into());
-            }
+            let messages = drain_messages(&mut buffer)?;
             for message in messages {
                 self.on_watch_message(publisher, &message)?;
             }
@@ -379,6 +365,26 @@ impl Session<'_> {
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
+}
+
+/// Takes the complete JSON values off the front of `buffer`, leaving a partial one.
+pub(crate) fn drain_messages(buffer: &mut Vec<u8>) -> Result<Vec<Value>, String> {
+    let mut messages = Vec::new();
+    let mut values = serde_json::Deserializer::from_slice(buffer).into_iter::<Value>();
+    loop {
+        match values.next() {
+            Some(Ok(value)) => messages.push(value),
+            Some(Err(e)) if e.is_eof() => break,
+            Some(Err(e)) => return Err(format!("bad watch message: {e}")),
+            None => break,
+        }
+    }
+    let consumed = values.byte_offset();
+    buffer.drain(..consumed);
+    if buffer.len() > MAX_MESSAGE {
+        return Err("watch message too large".to_owned());
+    }
+    Ok(messages)
 }
 
 /// `[key, range_end)` covering every key that starts with `prefix` (all keys when empty).

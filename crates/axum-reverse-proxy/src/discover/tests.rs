@@ -200,7 +200,27 @@ async fn static_discovery_inserts_each_url_once_then_stays_pending() {
 
 #[cfg(feature = "etcd")]
 mod etcd {
-    use super::super::etcd::{parse_value, prefix_range};
+    use super::super::etcd::{drain_messages, parse_value, prefix_range};
+
+    #[test]
+    fn watch_messages_split_and_joined_across_chunks() {
+        let mut buffer = Vec::new();
+        let mut got = Vec::new();
+        for chunk in [
+            &b"{\"result\":{\"n\":1}}\n{\"res"[..],
+            b"ult\":{\"n\":2}}",
+            b"\n",
+            b"{\"result\":{\"n\":3}}\n{\"result\":{\"n\":4}}\n",
+        ] {
+            buffer.extend_from_slice(chunk);
+            for message in drain_messages(&mut buffer).unwrap() {
+                got.push(message["result"]["n"].as_i64().unwrap());
+            }
+        }
+        assert_eq!(got, [1, 2, 3, 4]);
+        buffer.extend_from_slice(b"{]");
+        assert!(drain_messages(&mut buffer).is_err());
+    }
 
     #[test]
     fn prefix_ranges() {

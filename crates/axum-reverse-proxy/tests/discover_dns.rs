@@ -558,6 +558,10 @@ async fn static_dns_discovery_looks_up_once_for_all_clones_then_ends() {
     ];
     assert_eq!(inserts(&mut first, 2).await, expected);
     assert!(first.next().await.is_none(), "the stream ends");
+    // A clone of a finished stream replays from the start.
+    let mut replay = first.clone();
+    assert_eq!(inserts(&mut replay, 2).await, expected);
+    assert!(replay.next().await.is_none());
     assert_eq!(inserts(&mut second, 2).await, expected);
     assert!(second.next().await.is_none());
     // One A and one AAAA query, shared by both clones.

@@ -698,19 +698,20 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Clone for DnsSubscription<K, V> {
 
 // ===== impl StaticDnsDiscovery =====
 
-type OneShot = Shared<BoxFuture<'static, Result<Arc<EndpointSet>, Arc<LookupError>>>>;
+type Outcome = Result<Arc<[(IpAddr, String)]>, Arc<LookupError>>;
+type OneShot = Shared<BoxFuture<'static, Outcome>>;
 
 /// One lookup, its endpoints as `Change::Insert(ip, url)`, then the end of the stream (or
 /// one `Err` item, then the end).
 ///
 /// The lookup starts at the first poll (so `new` needs no runtime) and happens once for all
-/// clones: a clone replays the same result from the start. It is `Send + 'static` and
-/// works with the discoverable balanced proxy.
-#[derive(Clone)]
+/// clones: a clone replays the same result from the start. It is `Send + Sync + 'static`
+/// and works with the discoverable balanced proxy.
 pub struct StaticDnsDiscovery {
-    lookup: OneShot,
-    queue: Option<std::collections::VecDeque<(IpAddr, String)>>,
-    failed: bool,
+    /// The lookup, until this handle saw its outcome.
+    lookup: Option<OneShot>,
+    outcome: Option<Outcome>,
+    next: usize,
 }
 
 impl StaticDnsDiscovery {
@@ -721,17 +722,33 @@ impl StaticDnsDiscovery {
         config: impl Into<DnsDiscoverySettings>,
     ) -> Result<Self, Box<dyn StdError + Send + Sync>> {
         let lookup = Lookup::new(config.into())?;
-        let future: BoxFuture<'static, _> = Box::pin(async move {
+        let future: BoxFuture<'static, Outcome> = Box::pin(async move {
             match lookup.round().await {
-                Ok((set, _)) => Ok(Arc::new(set)),
+                Ok((set, _)) => Ok(by_ip(&set).into_iter().collect()),
                 Err(error) => Err(Arc::new(error)),
             }
         });
         Ok(Self {
-            lookup: future.shared(),
-            queue: None,
-            failed: false,
+            lookup: Some(future.shared()),
+            outcome: None,
+            next: 0,
         })
+    }
+}
+
+impl Clone for StaticDnsDiscovery {
+    /// A clone starts from the first item again (the lookup is not repeated).
+    fn clone(&self) -> Self {
+        Self {
+            // A `Shared` handle that completed must not be polled again: once the outcome
+            // is known, clones take it instead.
+            lookup: match self.outcome {
+                Some(_) => None,
+                None => self.lookup.clone(),
+            },
+            outcome: self.outcome.clone(),
+            next: 0,
+        }
     }
 }
 
@@ -746,21 +763,31 @@ impl Stream for StaticDnsDiscovery {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.failed {
-            return Poll::Ready(None);
-        }
-        if this.queue.is_none() {
-            match Pin::new(&mut this.lookup).poll(cx) {
+        if this.outcome.is_none() {
+            let Some(lookup) = this.lookup.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(lookup).poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(set)) => this.queue = Some(by_ip(&set).into_iter().collect()),
-                Poll::Ready(Err(error)) => {
-                    this.failed = true;
-                    return Poll::Ready(Some(Err(Box::new(OneShotError(error)))));
+                Poll::Ready(outcome) => {
+                    this.outcome = Some(outcome);
+                    this.lookup = None;
                 }
             }
         }
-        let next = this.queue.as_mut().and_then(|queue| queue.pop_front());
-        Poll::Ready(next.map(|(ip, url)| Ok(Change::Insert(ip, url))))
+        let position = this.next;
+        this.next = this.next.saturating_add(1);
+        match &this.outcome {
+            Some(Ok(endpoints)) => Poll::Ready(
+                endpoints
+                    .get(position)
+                    .map(|(ip, url)| Ok(Change::Insert(*ip, url.clone()))),
+            ),
+            Some(Err(error)) if position == 0 => {
+                Poll::Ready(Some(Err(Box::new(OneShotError(Arc::clone(error))))))
+            }
+            _ => Poll::Ready(None),
+        }
     }
 }
 

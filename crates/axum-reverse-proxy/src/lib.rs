@@ -71,7 +71,8 @@
 //! # Features
 //! - `tls` (default): rustls with Mozilla's roots, HTTP/2 by ALPN.
 //! - `native-tls`: the platform's TLS library instead (wins when both are on).
-//! - `dns`: DNS service discovery.
+//! - `dns`: DNS service discovery (hickory-resolver), see [`discover`].
+//! - `etcd`: service discovery from an etcd v3 key prefix, see [`discover`].
 //! - `full`: `tls` and `dns`.
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 #![deny(unreachable_pub)]
@@ -80,6 +81,7 @@
 
 pub mod balance;
 mod client;
+pub mod discover;
 mod error;
 mod headers;
 mod policy;
@@ -99,6 +101,8 @@ pub use client::ProxyConnector;
 pub use client::tls::create_dangerous_native_tls_connector;
 #[cfg(feature = "tls")]
 pub use client::tls::create_dangerous_rustls_config;
+#[cfg(feature = "dns")]
+pub use discover::{DnsDiscovery, DnsDiscoveryConfig, StaticDnsDiscovery};
 pub use error::{InvalidTarget, ProxyError};
 pub use policy::{HostBehaviour, ProxyPolicy, TrustedProxies, XForwardedFor};
 pub use proxy::ReverseProxy;

@@ -19,6 +19,10 @@ async fn main() {
     let app: Router = ReverseProxy::new("/", upstream).into();
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
     println!("listening on {}", listener.local_addr().expect("addr"));
+    // axum::serve leaves Nagle's algorithm on; a proxy wants every write sent at once.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

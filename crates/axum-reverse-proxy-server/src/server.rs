@@ -181,7 +181,7 @@ pub(crate) async fn run(
                 Event::Reload => match &mut watch {
                     Some(w) => {
                         w.mark();
-                        server.reload(w.path());
+                        server.reload(w.path()).await;
                     }
                     None => say("SIGHUP: nothing to reload (no --config file)"),
                 },
@@ -190,7 +190,7 @@ pub(crate) async fn run(
                 if let Some(w) = &mut watch
                     && w.changed()
                 {
-                    server.reload(w.path());
+                    server.reload(w.path()).await;
                 }
             }
         }
@@ -204,8 +204,8 @@ pub(crate) async fn run(
     ));
     shared.draining.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
-    for r in server.running.values() {
-        r.stop();
+    for (_, r) in std::mem::take(&mut server.running) {
+        r.stop().await;
     }
     drop(server);
     if shutdown::drain(drain_rx, deadline).await {
@@ -225,9 +225,9 @@ struct Server {
 
 impl Server {
     /// Reload from `path`; on any error the running configuration stays.
-    fn reload(&mut self, path: &std::path::Path) {
+    async fn reload(&mut self, path: &std::path::Path) {
         let current = self.shared.active.load_full();
-        match self.try_reload(path, &current) {
+        match self.try_reload(path, &current).await {
             Ok(generation) => {
                 self.shared
                     .metrics
@@ -255,7 +255,11 @@ impl Server {
         }
     }
 
-    fn try_reload(&mut self, path: &std::path::Path, current: &Snapshot) -> Result<u64, String> {
+    async fn try_reload(
+        &mut self,
+        path: &std::path::Path,
+        current: &Snapshot,
+    ) -> Result<u64, String> {
         let loaded = config::load(path).map_err(|e| e.to_string())?;
         let snapshot = Snapshot::build(loaded, Some(current), &self.shared.metrics)
             .map_err(|e| e.to_string())?;
@@ -315,14 +319,19 @@ impl Server {
                 r.update(settings);
             }
         }
-        self.running.retain(|name, r| {
-            let kept = keep.contains(name);
-            if !kept {
-                r.stop();
-                say(format!("listener {name} on {} stopped", r.local));
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|name| !keep.contains(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(r) = self.running.remove(&name) {
+                let local = r.local;
+                r.stop().await;
+                say(format!("listener {name} on {local} stopped"));
             }
-            kept
-        });
+        }
         for b in fresh {
             let scheme = if tls_names.contains(&b.name) {
                 "https"

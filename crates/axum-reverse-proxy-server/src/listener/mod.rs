@@ -55,6 +55,7 @@ pub(crate) struct Running {
     pub(crate) local: SocketAddr,
     settings: Arc<ArcSwap<Settings>>,
     stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Bind `name` at the configured address.
@@ -86,7 +87,7 @@ impl Bound {
         let labels = ListenerLabels {
             listener: self.name.clone(),
         };
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut shutdown = shared.shutdown.clone();
             loop {
                 let accepted = tokio::select! {
@@ -125,6 +126,7 @@ impl Bound {
             local: self.local,
             settings: self.settings,
             stop,
+            task,
         }
     }
 }
@@ -135,8 +137,9 @@ impl Running {
         self.settings.store(Arc::new(settings));
     }
 
-    /// Stop accepting; open connections carry on until they close.
-    pub(crate) fn stop(&self) {
+    /// Stop accepting and close the socket; open connections carry on until they close.
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 }

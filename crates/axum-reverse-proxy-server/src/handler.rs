@@ -27,6 +27,8 @@ pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id
 pub(crate) struct ConnInfo {
     pub(crate) listener: Arc<str>,
     pub(crate) peer: SocketAddr,
+    /// The connection is TLS: requests are `https` for forwarding headers.
+    pub(crate) tls: bool,
     pub(crate) activity: Arc<Activity>,
 }
 
@@ -158,6 +160,10 @@ where
     let path = parts.uri.path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
 
+    if conn.tls && parts.uri.scheme().is_none() {
+        mark_https(&mut parts);
+    }
+
     let snapshot = shared.active.load_full();
     let host = parts
         .headers
@@ -234,6 +240,26 @@ where
         bytes_out: 0,
     };
     response.map(|body| Logged::wrap(body, entry, shared.access_log.clone(), in_flight))
+}
+
+/// Give an origin-form request on a TLS connection the `https` scheme (and its Host as
+/// authority), so that `X-Forwarded-Proto` and `Forwarded: proto=` say `https`.
+fn mark_https(parts: &mut http::request::Parts) {
+    let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+        return;
+    };
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return;
+    };
+    let mut uri = parts.uri.clone().into_parts();
+    uri.scheme = Some(http::uri::Scheme::HTTPS);
+    uri.authority = Some(authority);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(uri) {
+        parts.uri = uri;
+    }
 }
 
 #[cfg(test)]

@@ -47,12 +47,13 @@ pub(crate) async fn serve(
         }
     };
     match &settings.tls {
-        None => run(shared, listener, settings.http2, limits, tcp, peer).await,
+        None => run(shared, listener, settings.http2, false, limits, tcp, peer).await,
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    run(shared, listener, settings.http2 || h2, limits, stream, peer).await;
+                    let http2 = settings.http2 || h2;
+                    run(shared, listener, http2, true, limits, stream, peer).await;
                 }
                 Ok(Err(err)) => tracing::debug!(%peer, "TLS handshake failed: {err}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -73,6 +74,7 @@ async fn run<I>(
     shared: Arc<Shared>,
     listener: Arc<str>,
     http2: bool,
+    tls: bool,
     limits: Limits,
     io: I,
     peer: SocketAddr,
@@ -83,6 +85,7 @@ async fn run<I>(
     let conn_info = Arc::new(ConnInfo {
         listener,
         peer,
+        tls,
         activity: activity.clone(),
     });
     let handler_shared = shared.clone();

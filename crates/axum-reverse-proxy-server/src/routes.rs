@@ -62,7 +62,7 @@ impl<T: Clone> RouteTable<T> {
         for (_, routes) in &mut self.wildcard {
             routes.sort_by(by_len);
         }
-        self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         self.any.sort_by(by_len);
         self
     }

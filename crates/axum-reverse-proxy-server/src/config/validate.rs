@@ -241,7 +241,7 @@ fn check_pool(
             let scheme = dns.scheme.get_ref();
             if scheme != "http" && scheme != "https" {
                 errors.push(loc.error(
-                    &dns.scheme.span(),
+                    &or(dns.scheme.span(), d.span()),
                     format!("{dkey}.dns.scheme"),
                     format!("unknown scheme `{scheme}`"),
                     "write \"http\" or \"https\"",
@@ -330,9 +330,10 @@ fn check_pool(
     if let Some(hc) = &pool.health_check {
         let hkey = format!("{key}.health_check");
         let h = hc.get_ref();
+        let at = |inner: std::ops::Range<usize>| or(inner, hc.span());
         if !h.path.get_ref().starts_with('/') {
             errors.push(loc.error(
-                &h.path.span(),
+                &at(h.path.span()),
                 format!("{hkey}.path"),
                 "must start with `/`",
                 "write e.g. path = \"/health\"",
@@ -348,7 +349,7 @@ fn check_pool(
         }
         if h.timeout.get_ref().0.is_zero() || h.timeout.get_ref().0 > h.interval.0 {
             errors.push(loc.error(
-                &h.timeout.span(),
+                &at(h.timeout.span()),
                 format!("{hkey}.timeout"),
                 "must be longer than 0 and at most the interval",
                 "use e.g. timeout = \"2s\" with interval = \"10s\"",
@@ -360,7 +361,7 @@ fn check_pool(
         ] {
             if *v.get_ref() == 0 {
                 errors.push(loc.error(
-                    &v.span(),
+                    &at(v.span()),
                     format!("{hkey}.{field}"),
                     "must be at least 1",
                     "use the number of checks in a row that change the state, e.g. 2",
@@ -369,7 +370,7 @@ fn check_pool(
         }
         if parse_status_range(h.expected_status.get_ref()).is_none() {
             errors.push(loc.error(
-                &h.expected_status.span(),
+                &at(h.expected_status.span()),
                 format!("{hkey}.expected_status"),
                 format!("`{}` is not a status or range", h.expected_status.get_ref()),
                 "write one code (\"200\") or an inclusive range (\"200-399\")",
@@ -379,9 +380,10 @@ fn check_pool(
     if let Some(od) = &pool.outlier_detection {
         let okey = format!("{key}.outlier_detection");
         let o = od.get_ref();
+        let at = |inner: std::ops::Range<usize>| or(inner, od.span());
         if *o.consecutive_failures.get_ref() == 0 {
             errors.push(loc.error(
-                &o.consecutive_failures.span(),
+                &at(o.consecutive_failures.span()),
                 format!("{okey}.consecutive_failures"),
                 "must be at least 1",
                 "the default is 5",
@@ -389,7 +391,7 @@ fn check_pool(
         }
         if o.max_ejection_time.get_ref().0 < o.base_ejection_time.0 {
             errors.push(loc.error(
-                &o.max_ejection_time.span(),
+                &at(o.max_ejection_time.span()),
                 format!("{okey}.max_ejection_time"),
                 "is shorter than base_ejection_time",
                 "make max_ejection_time at least base_ejection_time",
@@ -397,7 +399,7 @@ fn check_pool(
         }
         if *o.max_ejection_percent.get_ref() > 100 {
             errors.push(loc.error(
-                &o.max_ejection_percent.span(),
+                &at(o.max_ejection_percent.span()),
                 format!("{okey}.max_ejection_percent"),
                 "is a percentage and cannot exceed 100",
                 "the default is 50; at least one endpoint is never ejected",
@@ -407,10 +409,11 @@ fn check_pool(
     if let Some(r) = &pool.retry {
         let rkey = format!("{key}.retry");
         let rc = r.get_ref();
+        let at = |inner: std::ops::Range<usize>| or(inner, r.span());
         let attempts = *rc.attempts.get_ref();
         if !(1..=10).contains(&attempts) {
             errors.push(loc.error(
-                &rc.attempts.span(),
+                &at(rc.attempts.span()),
                 format!("{rkey}.attempts"),
                 "must be between 1 and 10 (the first attempt included)",
                 "3 is a common choice; the retry budget caps the load retries add",
@@ -428,10 +431,11 @@ fn check_pool(
         }
         if let Some(b) = &rc.budget {
             let bc = b.get_ref();
+            let at = |inner: std::ops::Range<usize>| or(inner, b.span());
             let ttl = bc.ttl.get_ref().0;
             if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
                 errors.push(loc.error(
-                    &bc.ttl.span(),
+                    &at(bc.ttl.span()),
                     format!("{rkey}.budget.ttl"),
                     "must be between 1s and 60s",
                     "the default is \"10s\"",
@@ -440,7 +444,7 @@ fn check_pool(
             let ratio = *bc.ratio.get_ref();
             if !(0.0..=1000.0).contains(&ratio) {
                 errors.push(loc.error(
-                    &bc.ratio.span(),
+                    &at(bc.ratio.span()),
                     format!("{rkey}.budget.ratio"),
                     "must be between 0 and 1000",
                     "0.2 allows retries of up to 20 % of requests",
@@ -643,6 +647,11 @@ fn header_rules(rules: &HeaderRules, key: &str, loc: &Locator<'_>, errors: &mut 
             ));
         }
     }
+}
+
+/// `inner`, or `outer` when `inner` is the empty span of a default value.
+fn or(inner: std::ops::Range<usize>, outer: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    if inner == (0..0) { outer } else { inner }
 }
 
 /// `/api/` and `/api` are the same prefix; `/` stays `/`.

@@ -9,9 +9,11 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::Settings;
 use crate::admin::metrics::ListenerLabels;
@@ -95,34 +97,79 @@ async fn run<I>(
         async move { Ok::<_, Infallible>(handler::handle(shared, conn, req).await) }
     });
 
+    let shutdown = shared.shutdown.clone();
+    let max_buf = usize::try_from(limits.header_bytes)
+        .unwrap_or(usize::MAX)
+        .max(8192);
+    if !http2 {
+        // `auto::Builder::http1_only` is ignored with upgrades enabled: use hyper's own.
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read)
+            .max_buf_size(max_buf)
+            .keep_alive(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            shutdown,
+            &activity,
+            limits.idle,
+            peer,
+        )
+        .await;
+        return;
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read)
-        .max_buf_size(
-            usize::try_from(limits.header_bytes)
-                .unwrap_or(usize::MAX)
-                .max(8192),
-        )
+        .max_buf_size(max_buf)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX));
-    let builder = if http2 { builder } else { builder.http1_only() };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        shutdown,
+        &activity,
+        limits.idle,
+        peer,
+    )
+    .await;
+}
 
-    let mut shutdown = shared.shutdown.clone();
+/// Run a connection until it ends; ask it to finish gracefully on shutdown or when it
+/// has been idle for `idle`.
+async fn drive<F, E>(
+    mut conn: Pin<&mut F>,
+    graceful: impl Fn(Pin<&mut F>),
+    mut shutdown: watch::Receiver<bool>,
+    activity: &Activity,
+    idle: Duration,
+    peer: SocketAddr,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut closing = *shutdown.borrow();
     if closing {
-        conn.as_mut().graceful_shutdown();
+        graceful(conn.as_mut());
     }
     loop {
-        let idle_at = activity.idle_deadline(limits.idle);
         // While busy, look again after the idle period.
-        let wake = idle_at.unwrap_or_else(|| std::time::Instant::now() + limits.idle);
+        let wake = activity
+            .idle_deadline(idle)
+            .unwrap_or_else(|| std::time::Instant::now() + idle);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(err) = result {
@@ -133,15 +180,15 @@ async fn run<I>(
             changed = shutdown.changed(), if !closing => {
                 if changed.is_err() || *shutdown.borrow() {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                 }
             }
             _ = tokio::time::sleep_until(wake.into()), if !closing => {
-                if let Some(at) = activity.idle_deadline(limits.idle)
+                if let Some(at) = activity.idle_deadline(idle)
                     && at <= std::time::Instant::now()
                 {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                 }
             }
         }

@@ -92,8 +92,30 @@ impl Cli {
             toml.push_str(&format!("strategy = {}\n", quote(strategy)));
         }
         toml.push_str("\n[[routes]]\nname = \"default\"\nprefix = \"/\"\npool = \"default\"\n");
-        config::parse("<command line>", toml, PathBuf::from("."), true)
+        config::parse("<command line>", toml, PathBuf::from("."), true).map_err(|mut errors| {
+            for e in &mut errors.0 {
+                e.key = flag_for(&e.key);
+            }
+            errors
+        })
     }
+}
+
+/// The flag that set a key of the generated configuration.
+pub(crate) fn flag_for(key: &str) -> String {
+    let flag = if key.starts_with("pools.default.targets") {
+        "--upstream"
+    } else if key.starts_with("pools.default.strategy") || key.starts_with("pools.default.hash_key")
+    {
+        "--strategy"
+    } else if key.starts_with("listeners.main") {
+        "--listen"
+    } else if key.starts_with("admin") {
+        "--admin"
+    } else {
+        return key.to_owned();
+    };
+    flag.to_owned()
 }
 
 fn default_listen() -> SocketAddr {

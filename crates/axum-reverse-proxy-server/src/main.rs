@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let one_line = matches!(cli.mode(), Mode::OneLine);
     let result = runtime.block_on(async move {
         match (loaded, cli.mode()) {
             (Some(loaded), _) => server::run(loaded, path, print_addresses).await,
@@ -65,7 +66,14 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(RunError::Config(errors)) => config_failed(&errors),
+        Err(RunError::Config(mut errors)) => {
+            if one_line {
+                for e in &mut errors.0 {
+                    e.key = cli::flag_for(&e.key);
+                }
+            }
+            config_failed(&errors)
+        }
         Err(RunError::Runtime(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(1)

@@ -163,3 +163,45 @@ impl FileWatch {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn loaded(second_target: &str) -> Loaded {
+        let toml = format!(
+            r#"
+[listeners.web]
+address = "127.0.0.1:0"
+[pools.kept]
+targets = ["http://127.0.0.1:1"]
+[pools.changed]
+targets = ["{second_target}"]
+[[routes]]
+prefix = "/"
+pool = "kept"
+[[routes]]
+prefix = "/c"
+pool = "changed"
+"#
+        );
+        config::parse("t.toml", toml, ".".into(), false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unchanged_pools_are_carried_over() {
+        let metrics = Arc::new(Metrics::new());
+        let first = Snapshot::build(loaded("http://127.0.0.1:2"), None, &metrics).unwrap();
+        let second = Snapshot::build(loaded("http://127.0.0.1:3"), Some(&first), &metrics).unwrap();
+        assert_eq!(second.generation, 2);
+        assert!(Arc::ptr_eq(&first.pools["kept"], &second.pools["kept"]));
+        assert!(!Arc::ptr_eq(
+            &first.pools["changed"],
+            &second.pools["changed"]
+        ));
+        let table = &second.tables["web"];
+        assert_eq!(table.find(None, "/c/x").unwrap().1.pool, "changed");
+        assert_eq!(table.find(None, "/x").unwrap().1.pool, "kept");
+    }
+}

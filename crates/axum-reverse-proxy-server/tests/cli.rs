@@ -33,7 +33,9 @@ fn invalid_upstream_is_an_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("scheme"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scheme"), "{stderr}");
+    assert!(stderr.contains("`--upstream`"), "{stderr}");
 }
 
 #[test]
@@ -55,6 +57,11 @@ fn several_upstreams_wait_for_the_balancer() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("load-balanced pools need the balancing module (not merged yet)"),
+        "{stderr}"
+    );
+    // Errors about generated configuration name the flag, not a line.
+    assert!(
+        stderr.contains("error: <command line>: `--upstream`"),
         "{stderr}"
     );
 }

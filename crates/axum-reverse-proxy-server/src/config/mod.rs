@@ -132,3 +132,80 @@ impl Config {
 pub(crate) fn quote(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../../config/example.toml");
+
+    #[test]
+    fn no_input_makes_it_panic() {
+        // Every prefix of a real file, and some odd inputs: errors, never panics.
+        let mut cut = 0;
+        while cut <= EXAMPLE.len() {
+            if EXAMPLE.is_char_boundary(cut) {
+                let _ = parse("x.toml", EXAMPLE[..cut].to_owned(), ".".into(), false);
+            }
+            cut += 7;
+        }
+        for odd in [
+            "\u{0}",
+            "[[",
+            "a = [",
+            "[listeners.x]\naddress = \"\u{1F600}\"",
+            "\"\"\"",
+            "=\n=",
+        ] {
+            assert!(parse("x.toml", odd.to_owned(), ".".into(), false).is_err());
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let loaded = parse(
+            "x.toml",
+            "[listeners.l]\naddress = \"127.0.0.1:0\"\n[pools.p]\ntargets = [\"http://a:1\"]\n[pools.p.retry]\n[pools.p.retry.budget]\n[pools.p.health_check]\n[pools.p.outlier_detection]\n[[routes]]\npool = \"p\"\n".to_owned(),
+            ".".into(),
+            false,
+        )
+        .unwrap();
+        let c = &loaded.config;
+        let json = serde_json::to_value(c).unwrap();
+        let s = &json["server"];
+        assert_eq!(s["shutdown_timeout"], "30s");
+        assert_eq!(s["max_header_bytes"], 65536);
+        assert_eq!(s["header_read_timeout"], "10s");
+        assert_eq!(s["idle_timeout"], "1m");
+        assert_eq!(s["max_connections"], 10000);
+        assert_eq!(json["access_log"]["format"], "text");
+        assert_eq!(json["access_log"]["output"], "stdout");
+        let l = &json["listeners"]["l"];
+        assert_eq!(
+            (l["http2"].as_bool(), l["h2c"].as_bool()),
+            (Some(true), Some(false))
+        );
+        let p = &json["pools"]["p"];
+        assert_eq!(p["strategy"], "round_robin");
+        assert_eq!(p["host"], "replace");
+        assert_eq!(p["x_forwarded"], "append");
+        assert_eq!(p["trusted_proxies"], "all");
+        assert_eq!(p["retry"]["attempts"], 3);
+        assert_eq!(p["retry"]["delay"], "500ms");
+        assert_eq!(p["retry"]["max_replay_body_bytes"], 65536);
+        assert_eq!(p["retry"]["budget"]["ttl"], "10s");
+        assert_eq!(p["retry"]["budget"]["min_per_second"], 10);
+        let h = &p["health_check"];
+        assert_eq!(h["path"], "/health");
+        assert_eq!(h["interval"], "10s");
+        assert_eq!(h["timeout"], "2s");
+        assert_eq!(h["expected_status"], "200-399");
+        let o = &p["outlier_detection"];
+        assert_eq!(o["consecutive_failures"], 5);
+        assert_eq!(o["max_ejection_time"], "5m");
+        assert_eq!(o["max_ejection_percent"], 50);
+        let r = &json["routes"][0];
+        assert_eq!(r["prefix"], "/");
+        assert_eq!(r["strip_prefix"], false);
+    }
+}

@@ -1,5 +1,7 @@
 //! The `axum-reverse-proxy` server binary: command line only; the rooms of the server
 //! are the modules below.
+#![warn(rust_2018_idioms, clippy::all)]
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

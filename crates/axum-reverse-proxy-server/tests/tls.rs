@@ -124,3 +124,58 @@ pool = "main"
             .is_err()
     );
 }
+
+async fn presented(addr: &str, name: &str, roots: &[&Cert]) -> CertificateDer<'static> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let stream = connector(roots, &[])
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_certificates_on_the_same_socket() {
+    let upstream = echo("rotate").await;
+    let dir = TempDir::new("tls-rotate");
+    let old = make_cert(&dir, "r.test");
+    let config = |cert: &str| {
+        format!(
+            r#"
+[listeners.secure]
+address = "127.0.0.1:0"
+
+[[listeners.secure.tls.certificates]]
+server_names = ["r.test"]
+cert = "{cert}.pem"
+key = "{cert}.key"
+default = true
+
+[pools.main]
+targets = ["http://{upstream}"]
+
+[[routes]]
+pool = "main"
+"#
+        )
+    };
+    let path = dir.write("proxy.toml", &config("r.test"));
+    let proxy = Proxy::with_config(&path);
+    let addr = proxy.listener_url("secure").replace("https://", "");
+    assert_eq!(presented(&addr, "r.test", &[&old]).await, old.der);
+
+    // A new certificate in another file; the listener keeps its address.
+    let new = {
+        let generated = rcgen::generate_simple_self_signed(vec!["r.test".to_owned()]).unwrap();
+        std::fs::write(dir.path("new.pem"), generated.cert.pem()).unwrap();
+        std::fs::write(dir.path("new.key"), generated.key_pair.serialize_pem()).unwrap();
+        Cert {
+            der: generated.cert.der().clone(),
+        }
+    };
+    dir.write("proxy.toml", &config("new"));
+    proxy.signal("HUP");
+    let (proxy, _) = proxy.wait_line_async(|l| l.starts_with("reloaded:")).await;
+    assert_eq!(proxy.listener_url("secure"), format!("https://{addr}"));
+    assert_eq!(presented(&addr, "r.test", &[&new]).await, new.der);
+}

@@ -1,7 +1,6 @@
 //! Command-line arguments and what they ask the server to do.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -39,8 +38,8 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin: Option<SocketAddr>,
     /// Runtime worker threads (default: one per core, or `server.workers` of the file).
-    #[arg(long, value_name = "N")]
-    pub(crate) workers: Option<NonZeroUsize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) workers: Option<u16>,
 }
 
 /// What to do.

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         },
         Mode::Demo { .. } => (None, None),
     };
-    let workers = cli.workers.map(|n| n.get()).or_else(|| {
+    let workers = cli.workers.map(usize::from).or_else(|| {
         loaded
             .as_ref()
             .and_then(|l| l.config.server.workers.as_ref().map(|w| *w.get_ref()))

@@ -54,9 +54,9 @@ pub(crate) struct ServerConfig {
     /// Largest request body accepted (413 beyond); a pool's own limit may lower it.
     pub(crate) max_body_bytes: Option<ByteSize>,
     /// How long a client may take to send a request head (and the TLS handshake).
-    pub(crate) header_read_timeout: Interval,
+    pub(crate) header_read_timeout: Spanned<Interval>,
     /// How long a connection with no request in flight stays open.
-    pub(crate) idle_timeout: Interval,
+    pub(crate) idle_timeout: Spanned<Interval>,
     /// Most client connections open at once over all listeners; more are refused.
     pub(crate) max_connections: Spanned<usize>,
 }
@@ -68,8 +68,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Interval::secs(30),
             max_header_bytes: Spanned::new(0..0, ByteSize(64 * 1024)),
             max_body_bytes: None,
-            header_read_timeout: Interval::secs(10),
-            idle_timeout: Interval::secs(60),
+            header_read_timeout: Spanned::new(0..0, Interval::secs(10)),
+            idle_timeout: Spanned::new(0..0, Interval::secs(60)),
             max_connections: Spanned::new(0..0, 10_000),
         }
     }

@@ -29,14 +29,27 @@ pub(crate) fn validate(cfg: &Config, loc: &Locator<'_>) -> Vec<ConfigError> {
 fn server(cfg: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
     let s = &cfg.server;
     if let Some(workers) = &s.workers
-        && *workers.get_ref() == 0
+        && !(1..=1024).contains(workers.get_ref())
     {
         errors.push(loc.error(
             &workers.span(),
             "server.workers",
-            "must be at least 1",
+            "must be between 1 and 1024",
             "remove the key to use one worker per core",
         ));
+    }
+    for (key, value) in [
+        ("server.header_read_timeout", &s.header_read_timeout),
+        ("server.idle_timeout", &s.idle_timeout),
+    ] {
+        if value.get_ref().0.is_zero() {
+            errors.push(loc.error(
+                &value.span(),
+                key,
+                "must be longer than 0 (every connection would be closed at once)",
+                "use e.g. \"10s\"",
+            ));
+        }
     }
     if s.max_header_bytes.get_ref().0 < 8192 {
         errors.push(loc.error(
@@ -46,12 +59,12 @@ fn server(cfg: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
             "HTTP/1 needs room for the request line and headers; use e.g. \"64KiB\"",
         ));
     }
-    if *s.max_connections.get_ref() == 0 {
+    if !(1..=10_000_000).contains(s.max_connections.get_ref()) {
         errors.push(loc.error(
             &s.max_connections.span(),
             "server.max_connections",
-            "must be at least 1",
-            "use a large number such as 10000 for no practical limit",
+            "must be between 1 and 10000000",
+            "the default is 10000",
         ));
     }
     if let Some(log) = Some(&cfg.access_log.output)

@@ -43,8 +43,8 @@ pub(crate) async fn serve(
         let snapshot = shared.active.load();
         let s = &snapshot.loaded.config.server;
         Limits {
-            header_read: s.header_read_timeout.0,
-            idle: s.idle_timeout.0,
+            header_read: s.header_read_timeout.get_ref().0,
+            idle: s.idle_timeout.get_ref().0,
             header_bytes: s.max_header_bytes.get_ref().0,
         }
     };

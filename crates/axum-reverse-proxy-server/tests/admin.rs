@@ -96,7 +96,20 @@ async fn get_text(url: String) -> String {
 async fn metrics_parse_and_move_with_traffic() {
     let upstream = echo("m").await;
     let dir = TempDir::new("metrics");
-    let path = dir.write("proxy.toml", &common::simple_config(upstream, ""));
+    // A pool whose target refuses connections (port 1 on loopback), with retries.
+    let extra = r#"
+[pools.dead]
+targets = ["http://127.0.0.1:1"]
+[pools.dead.retry]
+attempts = 3
+delay = "1ms"
+
+[[routes]]
+name = "dead"
+prefix = "/dead"
+pool = "dead"
+"#;
+    let path = dir.write("proxy.toml", &common::simple_config(upstream, extra));
     let proxy = Proxy::with_config(&path);
     let front = proxy.listener_url("web");
     let admin = proxy.admin_url();
@@ -131,6 +144,25 @@ async fn metrics_parse_and_move_with_traffic() {
     );
 
     assert_eq!(get_text(format!("{admin}/health")).await, "ok\n");
+
+    // Connect failures are retried (twice for three attempts) and counted.
+    let resp = client().get(format!("{front}/dead")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let text = get_text(format!("{admin}/metrics")).await;
+    let after = parse_exposition(&text);
+    assert_eq!(
+        sample(&after, r#"proxy_retries_total{upstream="dead"}"#),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"proxy_requests_total{route="dead",upstream="dead",status_class="5xx"}"#
+        ),
+        1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

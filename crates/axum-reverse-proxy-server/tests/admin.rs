@@ -349,3 +349,42 @@ remove = ["content-type"]
     assert_eq!(resp.status(), 404);
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_log_to_a_file() {
+    let upstream = echo("file").await;
+    let dir = TempDir::new("access-file");
+    // A relative path is read from the config file's folder.
+    let config = common::simple_config(upstream, "").replace(
+        "format = \"json\"",
+        "format = \"text\"\noutput = \"logs.txt\"",
+    );
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let resp = client()
+        .get(format!(
+            "{}/file/a?secret=query-secret-5",
+            proxy.listener_url("web")
+        ))
+        .header("x-request-id", "file-log-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    // The line is written when the response body ends, before the client has it all;
+    // stopping the server guarantees it is on disk.
+    proxy.signal("TERM");
+    let (mut proxy, _) = proxy.wait_line_async(|l| l == "shutdown complete").await;
+    let status = tokio::task::spawn_blocking(move || proxy.wait_exit())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(dir.path("logs.txt")).unwrap();
+    let line = log.lines().find(|l| l.contains("file-log-1")).expect(&log);
+    assert!(
+        line.contains(" GET \"/file/a\" 200 route=main upstream=main "),
+        "{line}"
+    );
+    assert!(!line.contains("query-secret-5"), "{line}");
+}

@@ -529,9 +529,20 @@ fn routes(cfg: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
     }
     let pool_names: Vec<&str> = cfg.pools.keys().map(|k| k.get_ref().as_str()).collect();
     let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
         let route: &RouteConfig = r.get_ref();
+        if let Some(name) = &route.name
+            && let Some(first) = names.insert(name.clone(), i)
+        {
+            errors.push(loc.error(
+                &r.span(),
+                format!("{key}.name"),
+                format!("routes[{first}] is already named `{name}`"),
+                "route names label metrics and logs; give each route its own",
+            ));
+        }
         if !cfg.pools.contains_key(route.pool.get_ref().as_str()) {
             errors.push(loc.error(
                 &route.pool.span(),

@@ -140,11 +140,11 @@ pub(crate) async fn run(
     };
     let mut running = BTreeMap::new();
     for b in bound {
-        let scheme = if cfg.listeners[b.name.as_str()].tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let tls = cfg
+            .listeners
+            .get(b.name.as_str())
+            .is_some_and(|l| l.tls.is_some());
+        let scheme = if tls { "https" } else { "http" };
         started
             .listeners
             .push((b.name.clone(), format!("{scheme}://{}", b.local)));

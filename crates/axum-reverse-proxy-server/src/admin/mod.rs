@@ -57,7 +57,11 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> Response {
                 json!({
                     "strategy": pool.strategy.name(),
                     "retries": pool.config.retry.is_some(),
-                    "endpoints": pool.endpoints,
+                    "endpoints": pool.endpoints.iter().map(|e| {
+                        let mut v = json!(e);
+                        redact(&mut v, false);
+                        v
+                    }).collect::<Vec<_>>(),
                 }),
             )
         })
@@ -114,8 +118,23 @@ pub(crate) fn redact(value: &mut Value, in_header_map: bool) {
                 redact(v, false);
             }
         }
+        Value::String(text) => {
+            if let Some(clean) = without_userinfo(text) {
+                *text = clean;
+            }
+        }
         _ => {}
     }
+}
+
+/// `http://user:pass@host/x` → `http://<redacted>@host/x`; `None` when there is no
+/// userinfo to hide.
+pub(crate) fn without_userinfo(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (_, host) = authority.rsplit_once('@')?;
+    Some(format!("{scheme}://<redacted>@{host}{tail}"))
 }
 
 #[cfg(test)]

@@ -107,13 +107,32 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(errors) => return config_failed(&errors),
     };
     // Building a pool sets up its connection pool, which wants a runtime around it.
+    let c = &loaded.config;
+    let summary = format!(
+        "{} listener(s), {} pool(s), {} route(s)",
+        c.listeners.len(),
+        c.pools.len(),
+        c.routes.len()
+    );
+    for name in c.pools.keys() {
+        if !c
+            .routes
+            .iter()
+            .any(|r| r.get_ref().pool.get_ref() == name.get_ref())
+        {
+            eprintln!(
+                "warning: pool `{}` is not used by any route",
+                name.get_ref()
+            );
+        }
+    }
     let built = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map(|rt| rt.block_on(async { server::check(loaded) }));
     match built {
         Ok(Ok(())) => {
-            println!("{}: configuration is valid", path.display());
+            println!("{}: configuration is valid ({summary})", path.display());
             ExitCode::SUCCESS
         }
         Ok(Err(errors)) => config_failed(&errors),

@@ -1,61 +1,165 @@
-//! The server binary, run as a user would.
+//! The command line, run as a user would: demo, one-line mode, --check, --help.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
+
+use common::{BIN, Proxy, client, echo};
 
 #[test]
 fn version_and_help() {
-    let bin = env!("CARGO_BIN_EXE_axum-reverse-proxy");
-    let out = Command::new(bin).arg("--version").output().unwrap();
+    let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("axum-reverse-proxy"));
-    let out = Command::new(bin).arg("--help").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--upstream"));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--check",
+        "--listen",
+        "--upstream",
+        "--strategy",
+        "--admin",
+        "--workers",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
 }
 
 #[test]
 fn invalid_upstream_is_an_error() {
-    let bin = env!("CARGO_BIN_EXE_axum-reverse-proxy");
-    let out = Command::new(bin)
+    let out = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--upstream", "ftp://nope"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("scheme"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scheme"), "{stderr}");
+    assert!(stderr.contains("`--upstream`"), "{stderr}");
+}
+
+#[test]
+fn several_upstreams_wait_for_the_balancer() {
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--upstream",
+            "http://127.0.0.1:2",
+            "--strategy",
+            "p2c_peak_ewma",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("load-balanced pools need the balancing module (not merged yet)"),
+        "{stderr}"
+    );
+    // Errors about generated configuration name the flag, not a line.
+    assert!(
+        stderr.contains("error: <command line>: `--upstream`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_strategy_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args(["--upstream", "http://127.0.0.1:1", "--strategy", "fastest"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("round_robin"));
+}
+
+#[test]
+fn example_config_passes_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/example.toml");
+    let out = Command::new(BIN)
+        .args(["--check", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
 #[tokio::test]
 async fn demo_answers() {
-    let bin = env!("CARGO_BIN_EXE_axum-reverse-proxy");
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
+    let proxy = Proxy::start(&["--listen", "127.0.0.1:0"]);
+    let printed = proxy.seen.join("\n");
+    let url = |label: &str| {
+        proxy
+            .seen
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|rest| rest.trim().trim_start_matches("on ").to_owned())
+            .unwrap_or_else(|| panic!("no {label} line in {printed}"))
+    };
+    let front = url("proxy");
+    let admin = url("admin");
+    assert!(printed.contains("curl -i"), "{printed}");
+    assert!(printed.contains(&format!("{admin}/metrics")), "{printed}");
+
+    let resp = client()
+        .get(format!("{front}/users/42?verbose=1"))
+        .send()
+        .await
         .unwrap();
-    // The demo prints its real address, then "Ctrl-C to stop." once it is bound.
-    let stdout = child.stdout.take().unwrap();
-    let mut printed = String::new();
-    let mut proxy = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        printed.push_str(&line);
-        printed.push('\n');
-        if let Some(url) = line.trim().strip_prefix("proxy") {
-            proxy = url.trim().strip_prefix("on ").map(str::to_owned);
-        }
-        if line.contains("Ctrl-C") {
-            break;
-        }
-    }
-    assert!(printed.contains("curl"), "{printed}");
-    let proxy = proxy.unwrap_or_else(|| panic!("no proxy address in {printed}"));
-    let resp = reqwest::get(format!("{proxy}/users/42?verbose=1")).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let resp = resp.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.unwrap();
     assert!(body.contains("'users' upstream"), "{body}");
     assert!(body.contains("path: /42?verbose=1"), "{body}");
     assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+
+    let metrics = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"proxy_requests_total{route="users",upstream="users",status_class="2xx"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn one_line_mode_proxies_everything() {
+    let upstream = echo("one").await;
+    let target = format!("http://{upstream}/base");
+    let proxy = Proxy::start(&["--listen", "127.0.0.1:0", "--upstream", &target]);
+    let front = proxy.listener_url("main");
+    let resp = client()
+        .get(format!("{front}/x?y=1"))
+        .header("x-request-id", "given-id-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "given-id-1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["uri"], "/base/x?y=1");
+    assert_eq!(body["headers"]["x-request-id"], "given-id-1");
+
+    // An invalid request id is replaced by a generated one, sent both ways.
+    let resp = client()
+        .get(format!("{front}/"))
+        .header("x-request-id", "has spaces")
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["x-request-id"], id.as_str());
 }

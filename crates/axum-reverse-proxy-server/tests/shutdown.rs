@@ -1,0 +1,110 @@
+//! Graceful shutdown: SIGTERM stops accepting, lets the request in flight complete, then
+//! the process exits 0; past the drain deadline it closes what is left.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::routing::get;
+use common::{Proxy, TempDir, client};
+use tokio::sync::mpsc;
+
+/// An upstream whose `/slow` body is driven by the test through the returned sender.
+async fn slow() -> (SocketAddr, mpsc::Sender<Bytes>) {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let rx = rx.lock().unwrap().take();
+            async move {
+                let Some(rx) = rx else {
+                    return Body::from("taken");
+                };
+                Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+                }))
+            }
+        }),
+    );
+    (common::serve(app).await, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_request_in_flight_then_exits_0() {
+    let (upstream, chunks) = slow().await;
+    let dir = TempDir::new("shutdown");
+    let path = dir.write("proxy.toml", &common::simple_config(upstream, ""));
+    let proxy = Proxy::with_config(&path);
+    let front = proxy.listener_url("web");
+
+    let mut resp = client().get(format!("{front}/slow")).send().await.unwrap();
+    chunks.send(Bytes::from_static(b"first;")).await.unwrap();
+    assert_eq!(resp.chunk().await.unwrap().unwrap(), "first;");
+
+    proxy.signal("TERM");
+    let (mut proxy, _) = proxy.wait_line_async(|l| l.contains("shutting down")).await;
+
+    // The request in flight completes.
+    chunks.send(Bytes::from_static(b"last")).await.unwrap();
+    assert_eq!(resp.chunk().await.unwrap().unwrap(), "last");
+    drop(chunks);
+    assert!(resp.chunk().await.unwrap().is_none());
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = proxy.wait_exit();
+        (status, proxy)
+    })
+    .await
+    .unwrap();
+    let (status, proxy) = status;
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    assert!(
+        proxy.seen.iter().any(|l| l == "shutdown complete"),
+        "{:?}",
+        proxy.seen
+    );
+    // Nothing listens any more.
+    assert!(client().get(format!("{front}/")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_bounds_shutdown() {
+    let (upstream, chunks) = slow().await;
+    let dir = TempDir::new("shutdown-deadline");
+    let config = common::simple_config(upstream, "")
+        .replace("[admin]", "[server]\nshutdown_timeout = \"1s\"\n\n[admin]");
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let front = proxy.listener_url("web");
+
+    let mut resp = client().get(format!("{front}/slow")).send().await.unwrap();
+    chunks.send(Bytes::from_static(b"first;")).await.unwrap();
+    assert_eq!(resp.chunk().await.unwrap().unwrap(), "first;");
+
+    // The upstream never finishes: the process still exits, after the deadline.
+    proxy.signal("TERM");
+    let (proxy, status) = tokio::task::spawn_blocking(move || {
+        let mut proxy = proxy;
+        let status = proxy.wait_exit();
+        (proxy, status)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    assert!(
+        proxy
+            .seen
+            .iter()
+            .any(|l| l.starts_with("drain deadline passed")),
+        "{:?}",
+        proxy.seen
+    );
+    // The unfinished response was cut, not completed.
+    assert!(!matches!(resp.chunk().await, Ok(Some(_))));
+    drop(chunks);
+}

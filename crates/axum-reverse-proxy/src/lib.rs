@@ -61,6 +61,22 @@
 //!
 //! Bodies are generic; the cause is logged and attached as a [`ProxyError`] extension.
 //!
+//! # WebSocket and other upgrades
+//! An HTTP/1.1 `Upgrade` (WebSocket or any other protocol) or an HTTP/2 WebSocket
+//! (RFC 8441) is carried through: the upstream is connected through the proxy's own
+//! connector (TLS included) and must answer a valid 101 before the client gets its
+//! own; then bytes are spliced both ways unchanged, so subprotocols, extensions and
+//! close codes pass. A non-101 answer is forwarded; a bad 101 is a 502, a handshake
+//! timeout a 504. Tunnels are counted in [`UpgradeTunnels`], can be closed when idle
+//! ([`ProxyPolicy::with_upgrade_idle_timeout`]) and all at once on shutdown
+//! ([`UpgradeTunnels::close_all`]). A [`TunnelGuard`] holds a resource for as long as
+//! a tunnel (or a response body) lasts.
+//!
+//! An upgrade needs HTTP/1.1 towards the upstream. Proxies on the default connector
+//! take care of it; a client given to `new_with_client` must offer only HTTP/1.1 by
+//! ALPN to TLS upstreams that carry WebSockets (`enable_http1()` on hyper-rustls),
+//! or an upstream that picks HTTP/2 cannot switch protocols.
+//!
 //! # Features
 //! - `tls` (default): rustls with Mozilla's roots, HTTP/2 by ALPN.
 //! - `native-tls`: the platform's TLS library instead (wins when both are on).
@@ -77,6 +93,7 @@ mod headers;
 mod policy;
 mod proxy;
 mod router;
+mod upgrade;
 mod uri;
 
 pub use client::ProxyConnector;
@@ -88,6 +105,7 @@ pub use error::{InvalidTarget, ProxyError};
 pub use policy::{HostBehaviour, ProxyPolicy, TrustedProxies, XForwardedFor};
 pub use proxy::ReverseProxy;
 pub use router::{ProxyRouterExt, TargetResolver, TemplateTarget, proxy_template};
+pub use upgrade::{TunnelGuard, UpgradeTunnels};
 
 /// [`ReverseProxy`] over the default connector.
 pub type StandardReverseProxy = ReverseProxy<ProxyConnector>;

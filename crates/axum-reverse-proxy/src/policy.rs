@@ -13,6 +13,9 @@
 //! | upstream response-header timeout | none |
 //! | request body limit | none |
 //! | HTTP/2 to plain-HTTP upstreams | only for gRPC (h2c prior knowledge) |
+//! | WebSocket/upgrade handshake deadline | 5 s (504 beyond) |
+//! | idle upgraded tunnels | kept open |
+//! | upgraded tunnels counted in | a fresh [`UpgradeTunnels`] per policy |
 //!
 //! ```
 //! use std::time::Duration;
@@ -39,6 +42,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::upgrade::UpgradeTunnels;
 
 /// What `Host` the upstream receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,6 +149,10 @@ pub struct ProxyPolicy {
     /// Speak HTTP/2 with prior knowledge (h2c) to plain-HTTP upstreams for every request,
     /// not only for gRPC.
     pub h2c: bool,
+    /// Close an upgraded tunnel (WebSocket…) after this long without a byte either way.
+    pub upgrade_idle_timeout: Option<Duration>,
+    /// Where upgraded tunnels are counted, and how they are all closed on shutdown.
+    pub upgrade_tunnels: UpgradeTunnels,
 }
 
 impl Default for ProxyPolicy {
@@ -159,6 +168,8 @@ impl Default for ProxyPolicy {
             max_request_body_bytes: None,
             websocket_connect_timeout: Duration::from_secs(5),
             h2c: false,
+            upgrade_idle_timeout: None,
+            upgrade_tunnels: UpgradeTunnels::new(),
         }
     }
 }
@@ -220,9 +231,28 @@ impl ProxyPolicy {
         self
     }
 
-    /// Limit how long a WebSocket or other upgrade handshake with the upstream may take.
+    /// Limit how long a WebSocket or other upgrade handshake with the upstream may take
+    /// (connect, TLS and the upstream's 101): 504 beyond. The upstream timeout, when
+    /// shorter, applies instead.
     pub fn with_websocket_connect_timeout(mut self, timeout: Duration) -> Self {
         self.websocket_connect_timeout = timeout;
+        self
+    }
+
+    /// Close an upgraded tunnel when no byte has passed either way for `timeout`.
+    ///
+    /// The proxy does not parse the tunnelled protocol, so WebSocket pings count as
+    /// traffic: set this above the application's ping interval. Without it, a tunnel
+    /// whose peers stay connected lasts forever.
+    pub fn with_upgrade_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Count this policy's upgraded tunnels in `tunnels` (shared with its clones), for
+    /// metrics and to close them all on shutdown with [`UpgradeTunnels::close_all`].
+    pub fn with_upgrade_tunnels(mut self, tunnels: UpgradeTunnels) -> Self {
+        self.upgrade_tunnels = tunnels;
         self
     }
 

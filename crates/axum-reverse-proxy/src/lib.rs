@@ -77,6 +77,24 @@
 //! ALPN to TLS upstreams that carry WebSockets (`enable_http1()` on hyper-rustls),
 //! or an upstream that picks HTTP/2 cannot switch protocols.
 //!
+//! Serve the proxy with `TCP_NODELAY` on accepted sockets (and give a custom client's
+//! `HttpConnector` `set_nodelay(true)`; the default connector has it). A splice cuts
+//! the byte stream where reads happen to end, and with Nagle's algorithm on, the tail
+//! of a large message then waits for the peer's delayed ACK: about 40 ms per message.
+//!
+//! ```no_run
+//! use axum::serve::ListenerExt;
+//! # async fn run(app: axum::Router) {
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080")
+//!     .await
+//!     .unwrap()
+//!     .tap_io(|tcp| {
+//!         let _ = tcp.set_nodelay(true);
+//!     });
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+//!
 //! # Features
 //! - `tls` (default): rustls with Mozilla's roots, HTTP/2 by ALPN.
 //! - `native-tls`: the platform's TLS library instead (wins when both are on).

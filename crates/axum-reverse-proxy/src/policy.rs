@@ -243,7 +243,9 @@ impl ProxyPolicy {
     ///
     /// The proxy does not parse the tunnelled protocol, so WebSocket pings count as
     /// traffic: set this above the application's ping interval. Without it, a tunnel
-    /// whose peers stay connected lasts forever.
+    /// whose peers stay connected lasts forever. (Independently, once one side has
+    /// finished sending, a tunnel closes after 10 s without traffic, or this timeout if
+    /// shorter.)
     pub fn with_upgrade_idle_timeout(mut self, timeout: Duration) -> Self {
         self.upgrade_idle_timeout = Some(timeout);
         self

@@ -11,6 +11,7 @@ use super::detect::{Detected, Mode, Offer, detect};
 use super::guard::{TunnelGuard, hold_until_body_ends};
 use super::handshake::{Invalid, accept_key, client_response, prepare_request, validate};
 use super::tracker::UpgradeTunnels;
+use super::tunnel::{Activity, End};
 
 fn request(method: Method, version: Version, headers: &[(&str, &str)]) -> http::request::Parts {
     let mut builder = Request::builder()
@@ -404,4 +405,48 @@ fn streaming(chunk: &'static str) -> Body {
         _,
         std::convert::Infallible,
     >(chunk)]))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timer_counts_from_the_last_read() {
+    let activity = Activity::new();
+    let watch = activity.watch(Some(ms(300)));
+    tokio::pin!(watch);
+    assert!(tokio::time::timeout(ms(299), &mut watch).await.is_err());
+    activity.touch();
+    assert!(tokio::time::timeout(ms(299), &mut watch).await.is_err());
+    let end = tokio::time::timeout(ms(2), &mut watch).await;
+    assert!(matches!(end, Ok(End::Idle)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_closed_tunnels_linger_ten_seconds_at_most() {
+    // No idle timeout: open forever until a side ends, then 10 s of silence.
+    let activity = Activity::new();
+    let watch = activity.watch(None);
+    tokio::pin!(watch);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3600), &mut watch)
+            .await
+            .is_err()
+    );
+    activity.ended();
+    assert!(tokio::time::timeout(ms(9_000), &mut watch).await.is_err());
+    activity.touch(); // the other direction still talks
+    assert!(tokio::time::timeout(ms(9_999), &mut watch).await.is_err());
+    let end = tokio::time::timeout(ms(2), &mut watch).await;
+    assert!(matches!(end, Ok(End::HalfClosedIdle)));
+
+    // A shorter idle timeout applies to the linger too.
+    let activity = Activity::new();
+    let watch = activity.watch(Some(ms(500)));
+    tokio::pin!(watch);
+    activity.ended();
+    assert!(tokio::time::timeout(ms(499), &mut watch).await.is_err());
+    let end = tokio::time::timeout(ms(2), &mut watch).await;
+    assert!(matches!(end, Ok(End::HalfClosedIdle)));
 }

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 ///
 /// ```no_run
 /// use axum::Router;
+/// use axum::serve::ListenerExt;
 /// use axum_reverse_proxy::{ProxyPolicy, ReverseProxy, UpgradeTunnels};
 ///
 /// # async fn run(shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -31,7 +32,12 @@ use tokio::sync::{Notify, watch};
 /// let app: Router = ReverseProxy::new("/", "http://127.0.0.1:3000")
 ///     .with_policy(policy)
 ///     .into();
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080")
+///     .await
+///     .unwrap()
+///     .tap_io(|tcp| {
+///         let _ = tcp.set_nodelay(true);
+///     });
 /// let closer = tunnels.clone();
 /// axum::serve(listener, app)
 ///     .with_graceful_shutdown(async move {

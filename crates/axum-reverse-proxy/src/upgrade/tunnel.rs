@@ -40,6 +40,8 @@ pub(crate) struct Tunnel {
     /// How long both upgrades may take to complete.
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    /// Bytes buffered per direction.
+    pub(crate) buffer_size: usize,
     /// Released when the tunnel ends.
     pub(crate) held: Option<Held>,
     /// For logs.
@@ -72,6 +74,7 @@ impl Tunnel {
             mut slot,
             handshake_timeout,
             idle_timeout,
+            buffer_size,
             held,
             upstream_name,
         } = self;
@@ -100,7 +103,12 @@ impl Tunnel {
         tracing::debug!(upstream = %upstream_name, "tunnel open");
 
         let end = tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
+            result = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                buffer_size,
+                buffer_size,
+            ) => match result {
                 Ok(_) => End::Closed,
                 Err(err) => End::Failed(err),
             },

@@ -8,13 +8,14 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Extensions, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Extensions, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::Connect;
 
 use crate::client::Transport;
 use crate::error::{Kind, ProxyError};
 use crate::headers::{self, ClientInfo};
 use crate::policy::{HostBehaviour, ProxyPolicy, XForwardedFor};
+use crate::upgrade::{self, Detected, TunnelGuard, Upgrade};
 use crate::uri::Target;
 
 /// A policy with what can be decided once already decided.
@@ -129,10 +130,16 @@ where
     ) -> Result<Response<Body>, (ProxyError, Option<PathAndQuery>)> {
         let settings = &*self.settings;
         let policy = &settings.policy;
-        if req.method() == Method::CONNECT {
-            return Err((ProxyError::new(Kind::NotImplemented), None));
-        }
         let (mut parts, body) = req.into_parts();
+        let mut upgrade = match upgrade::detect(&parts) {
+            Detected::Plain => None,
+            Detected::Upgrade(offer) => Some(Upgrade::new(offer, &mut parts.extensions)),
+            Detected::UnsupportedConnect => {
+                return Err((ProxyError::new(Kind::NotImplemented), None));
+            }
+        };
+        // Released when the exchange is over (response body end, or tunnel close).
+        let mut held = TunnelGuard::take(&mut parts.extensions);
         let path_and_query = PathAndQuery::try_from(path_and_query)
             .map_err(|e| (ProxyError::with_cause(Kind::BadRequest, e), None))?;
         let fail = |err: ProxyError| (err, Some(path_and_query.clone()));
@@ -141,6 +148,10 @@ where
             && headers::via_has_pseudonym(&parts.headers, pseudonym)
         {
             return Err(fail(ProxyError::new(Kind::Loop)));
+        }
+
+        if upgrade.is_some() && policy.upgrade_tunnels.is_closing() {
+            return Err(fail(ProxyError::new(Kind::NoEndpoint)));
         }
 
         let body = match policy.max_request_body_bytes {
@@ -161,7 +172,7 @@ where
         });
         let http2 = is_grpc(&parts.headers) || policy.h2c;
 
-        headers::strip_hop_by_hop(&mut parts.headers, false);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
 
         // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; forward the plain form.
         let peer = peer_addr(&parts.extensions).map(|a| a.ip().to_canonical());
@@ -197,8 +208,21 @@ where
         parts.uri = Uri::from(path_and_query.clone());
         parts.version = Version::HTTP_11;
         parts.extensions = Extensions::new();
-        let req = Request::from_parts(parts, body);
 
+        if let Some(mut upgrade) = upgrade.take() {
+            let body = upgrade.prepare(&mut parts, body);
+            let req = Request::from_parts(parts, body);
+            let response = upgrade
+                .send(&self.transport, target, req, policy)
+                .await
+                .map_err(fail)?;
+            let response = upgrade
+                .respond(response, policy, target, &mut held)
+                .map_err(fail)?;
+            return Ok(self.finish(response, held));
+        }
+
+        let req = Request::from_parts(parts, body);
         let send = self.transport.send(target, req, http2);
         let result = match policy.upstream_timeout {
             Some(limit) => match tokio::time::timeout(limit, send).await {
@@ -208,12 +232,27 @@ where
             None => send.await,
         };
         let mut response = result.map_err(fail)?;
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        headers::strip_hop_by_hop(response.headers_mut(), switching);
-        if let Some(pseudonym) = &settings.via {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Nobody asked to switch: the connection is in an unknown state.
+            return Err(fail(ProxyError::with_cause(
+                Kind::Upstream,
+                "101 Switching Protocols to a request that did not ask for an upgrade",
+            )));
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+        Ok(self.finish(response, held))
+    }
+
+    /// The last touches on an upstream response: `Via`, and the request's guard held
+    /// until the body ends.
+    fn finish(&self, mut response: Response<Body>, held: Option<upgrade::Held>) -> Response<Body> {
+        if let Some(pseudonym) = &self.settings.via {
             let version = response.version();
             headers::append_via(response.headers_mut(), version, pseudonym);
         }
-        Ok(response)
+        match held {
+            Some(held) => upgrade::hold_until_body_ends(response, held),
+            None => response,
+        }
     }
 }

@@ -133,6 +133,47 @@ fn example_config_passes_check() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
+#[test]
+fn discovery_pools_pass_check_offline() {
+    let dir = common::TempDir::new("disc");
+    let path = dir.write(
+        "proxy.toml",
+        r#"
+[listeners.web]
+address = "127.0.0.1:0"
+
+[pools.dns]
+[pools.dns.discovery.dns]
+name = "api.service.internal"
+port = 8080
+servers = ["127.0.0.1:53"]
+
+[pools.etcd]
+[pools.etcd.discovery.etcd]
+endpoints = ["http://127.0.0.1:2379"]
+prefix = "/services/api/"
+
+[[routes]]
+prefix = "/"
+pool = "dns"
+
+[[routes]]
+prefix = "/e"
+pool = "etcd"
+"#,
+    );
+    let out = Command::new(BIN)
+        .args(["--check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 pool(s)"));
+}
+
 #[tokio::test]
 async fn demo_answers() {
     let proxy = Proxy::start(&["--listen", "127.0.0.1:0"]);

@@ -159,7 +159,11 @@ pool = "api"
     let front = proxy.listener_url("web");
     let admin = proxy.admin_url();
 
-    wait_for_endpoints(&admin, vec![format!("http://{one}"), format!("http://{two}")]).await;
+    wait_for_endpoints(
+        &admin,
+        vec![format!("http://{one}"), format!("http://{two}")],
+    )
+    .await;
     let u = upstreams(&admin).await;
     assert_eq!(u["pools"]["api"]["kind"], "dns", "{u}");
     let mut seen = std::collections::BTreeSet::new();

@@ -528,3 +528,93 @@ where
         Box::pin(self.inner.call(req))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn build(pool: &str) -> Result<BuiltPool, BuildError> {
+        let toml = format!(
+            "[listeners.web]\naddress = \"127.0.0.1:0\"\n[[routes]]\nprefix = \"/\"\npool = \"p\"\n[pools.p]\n{pool}"
+        );
+        let loaded = config::parse("t.toml", toml, ".".into(), false).unwrap();
+        let cfg = &loaded.config;
+        let (_, p) = cfg.pools.iter().next().unwrap();
+        build_upstream("p", p, &cfg.server, &Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn the_kind_follows_the_configuration() {
+        let one = build("targets = [\"http://127.0.0.1:1\"]\n").unwrap();
+        assert_eq!(one.kind(), "single");
+        assert!(one.endpoints()[0].stats.is_none());
+
+        let two = build(
+            "targets = [\"http://127.0.0.1:1\", { url = \"http://127.0.0.1:2\", weight = 4 }]\nstrategy = \"random\"\n",
+        )
+        .unwrap();
+        assert_eq!(two.kind(), "balanced");
+        let eps = two.endpoints();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[1].weight, 4);
+        assert!(
+            eps.iter()
+                .all(|e| e.stats.as_ref().is_some_and(|s| s.healthy))
+        );
+
+        // Health settings on one target need the balancer to take effect.
+        let checked =
+            build("targets = [\"http://127.0.0.1:1\"]\n[pools.p.health_check]\npath = \"/h\"\n")
+                .unwrap();
+        assert_eq!(checked.kind(), "balanced");
+
+        let dns = build(
+            "[pools.p.discovery.dns]\nname = \"api.test\"\nport = 80\nservers = [\"127.0.0.1:9\"]\n",
+        )
+        .unwrap();
+        assert_eq!(dns.kind(), "dns");
+        assert!(dns.endpoints().is_empty());
+
+        let etcd = build(
+            "[pools.p.discovery.etcd]\nendpoints = [\"http://127.0.0.1:9\"]\nprefix = \"/svc/\"\n",
+        )
+        .unwrap();
+        assert_eq!(etcd.kind(), "etcd");
+    }
+
+    #[test]
+    fn settings_map_to_the_library() {
+        assert_eq!(outliers(None), {
+            OutlierDetection::default()
+                .with_consecutive_gateway_failures(5)
+                .with_base_ejection_time(std::time::Duration::from_secs(30))
+                .with_max_ejection_time(std::time::Duration::from_secs(300))
+                .with_max_ejection_percent(50)
+        });
+        let off = OutlierConfig {
+            enabled: false,
+            ..OutlierConfig::default()
+        };
+        assert_eq!(outliers(Some(&off)), OutlierDetection::disabled());
+        assert_eq!(hash_key("header:X-User"), HashKey::header("x-user"));
+        assert_eq!(hash_key("cookie:sid"), HashKey::cookie("sid"));
+        assert_eq!(hash_key("path"), HashKey::Path);
+        assert_eq!(hash_key("client_ip"), HashKey::ClientIp);
+        let hc = health_check(&HealthCheckConfig::default());
+        assert_eq!(
+            hc,
+            HealthCheck::new("/health")
+                .with_interval(std::time::Duration::from_secs(10))
+                .with_timeout(std::time::Duration::from_secs(2))
+                .with_healthy_threshold(2)
+                .with_unhealthy_threshold(3)
+                .with_expected_statuses(200..=399)
+        );
+        for (i, name) in Strategy::NAMES.iter().enumerate() {
+            let s: Strategy = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(s.name(), *name, "{i}");
+            let _ = strategy(s);
+        }
+    }
+}

@@ -271,7 +271,7 @@ impl Metrics {
     }
 
     /// The text exposition.
-    pub(crate) fn encode(&self) -> String {
+    fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -1,5 +1,5 @@
-//! The embedded demo: two upstream applications on loopback behind the proxy, run
-//! through the same configuration path as a file.
+//! The embedded demo: two upstream applications on loopback behind one balanced route,
+//! run through the same configuration path as a file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +14,10 @@ use crate::server::{self, RunError, Started};
 
 /// Start the demo upstreams and serve the proxy in front of them on `listen`.
 pub(crate) async fn run(listen: SocketAddr) -> Result<(), RunError> {
-    let users = spawn_upstream("users").await?;
-    let orders = spawn_upstream("orders").await?;
-    // Until the balancer lands, each upstream gets its own route.
+    let blue = spawn_upstream("blue").await?;
+    let green = spawn_upstream("green").await?;
+    // One pool over both upstreams, round robin: consecutive requests alternate. The
+    // health check and the default outlier detection take a stopped upstream out.
     let toml = format!(
         r#"
 [server]
@@ -28,27 +29,23 @@ address = "127.0.0.1:0"
 [listeners.demo]
 address = {listen}
 
-[pools.users]
-targets = [{users}]
+[pools.demo]
+targets = [{blue}, {green}]
+strategy = "round_robin"
 
-[pools.orders]
-targets = [{orders}]
-
-[[routes]]
-name = "users"
-prefix = "/users"
-strip_prefix = true
-pool = "users"
+[pools.demo.health_check]
+path = "/health"
+interval = "5s"
+timeout = "1s"
 
 [[routes]]
-name = "orders"
-prefix = "/orders"
-strip_prefix = true
-pool = "orders"
+name = "demo"
+prefix = "/"
+pool = "demo"
 "#,
         listen = quote(&listen.to_string()),
-        users = quote(&format!("http://{users}")),
-        orders = quote(&format!("http://{orders}")),
+        blue = quote(&format!("http://{blue}")),
+        green = quote(&format!("http://{green}")),
     );
     let loaded =
         config::parse("<demo>", toml, PathBuf::from("."), true).map_err(RunError::Config)?;
@@ -58,16 +55,16 @@ pool = "orders"
             .first()
             .map_or_else(String::new, |(_, url)| url.clone());
         println!("axum-reverse-proxy demo");
-        println!("  upstream 'users'  on http://{users}");
-        println!("  upstream 'orders' on http://{orders}");
-        println!("  proxy             on {proxy}");
+        println!("  upstream 'blue'  on http://{blue}");
+        println!("  upstream 'green' on http://{green}");
+        println!("  proxy            on {proxy}");
         if let Some(admin) = started.admin {
-            println!("  admin             on http://{admin}");
+            println!("  admin            on http://{admin}");
         }
         println!();
-        println!("try:");
+        println!("try (round robin: the two answers come from the two upstreams):");
         println!("  curl -i {proxy}/users/42?verbose=1");
-        println!("  curl -i {proxy}/orders/");
+        println!("  curl -i {proxy}/users/42?verbose=1");
         if let Some(admin) = started.admin {
             println!("  curl http://{admin}/metrics");
             println!("  curl http://{admin}/upstreams");

@@ -7,7 +7,8 @@
 //! Requests read the snapshot once, when they arrive, so requests in flight, streaming
 //! responses and upgraded connections finish on the configuration they started with.
 //! A pool whose configuration did not change is carried over as built, with its
-//! connection pool and (once the balancer lands) its endpoints' state.
+//! connection pool and its endpoints' state (health, ejections, latency estimates,
+//! discovery task).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,11 +1,17 @@
 //! Building a pool's service: [`build_upstream`] is the one place where a `[pools.NAME]`
 //! table becomes a `tower` service.
 //!
-//! Today a pool with one static target becomes a [`ReverseProxy`] (with the pool's
-//! policy, wrapped in a [`RetryLayer`] when retries are configured). Pools that need the
-//! balancing, health or discovery modules (several targets, a discovery source, active
-//! health checks, outlier detection) are refused with a clear error until those land;
-//! wiring them in is a change to this file only.
+//! - One static target and no health settings: a plain [`ReverseProxy`] (the fastest
+//!   path: no endpoint bookkeeping per request). A single endpoint is never ejected, so
+//!   default outlier detection would change nothing.
+//! - Several static targets, or one with `health_check` / `outlier_detection` tables: a
+//!   [`BalancedProxy`] with the pool's strategy, weights, hash key, outlier detection (on
+//!   by default) and active health checks (started at once).
+//! - `discovery.dns` / `discovery.etcd`: a [`DiscoverableBalancedProxy`] over that source,
+//!   with the same settings, discovery started at once.
+//!
+//! Every kind is wrapped in a [`RetryLayer`] when retries are configured, and keeps a
+//! handle that `/upstreams` and `/metrics` read endpoint state from.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,29 +19,34 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
-use axum_reverse_proxy::{
-    HostBehaviour, ProxyPolicy, RetryLayer, ReverseProxy, TrustedProxies, XForwardedFor,
+use axum_reverse_proxy::discover::{
+    DnsDiscoverySettings, DnsEndpointDiscovery, DnsRecordTypes, EtcdDiscovery,
+    EtcdDiscoveryConfig as LibEtcdConfig,
 };
+use axum_reverse_proxy::{
+    BalancedProxy, DiscoverableBalancedProxy, DnsDiscoveryConfig as LibDnsConfig, EndpointStats,
+    HashKey, HealthCheck, HostBehaviour, LoadBalancingStrategy, OutlierDetection, ProxyPolicy,
+    RetryLayer, ReverseProxy, TrustedProxies, XForwardedFor,
+};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::proto::xfer::Protocol;
 use http::{Request, Response};
-use serde::Serialize;
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
 
 use crate::admin::metrics::Metrics;
 use crate::config::{
-    HostMode, PoolConfig, ServerConfig, Strategy, TrustedProxiesConfig, XForwardedMode,
+    DiscoveryConfig, DnsDiscoveryConfig, DnsRecord, EtcdDiscoveryConfig, HealthCheckConfig,
+    HostMode, OutlierConfig, PoolConfig, ServerConfig, Strategy, TrustedProxiesConfig,
+    XForwardedMode, parse_status_range,
 };
 
 /// What every route calls: a cloneable, shareable service that never fails (errors are
 /// responses).
 pub(crate) type UpstreamService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
-
-/// The message for pools that need the balancing module.
-pub(crate) const NEEDS_BALANCER: &str =
-    "load-balanced pools need the balancing module (not merged yet)";
 
 /// A pool that could not be built, with the place in the file to blame.
 #[derive(Debug)]
@@ -46,14 +57,14 @@ pub(crate) struct BuildError {
     pub(crate) hint: String,
 }
 
-/// A built pool: the service and what `/upstreams` shows about it.
+/// A built pool: the service and where its endpoint state is read from.
 pub(crate) struct BuiltPool {
     /// The configuration it was built from (with the server-wide body limit), to decide
     /// on reload whether it can be kept as is.
     pub(crate) config: PoolConfig,
     pub(crate) server_body_limit: Option<u64>,
     pub(crate) service: UpstreamService,
-    pub(crate) endpoints: Vec<EndpointInfo>,
+    pub(crate) endpoints: EndpointSource,
     pub(crate) strategy: Strategy,
 }
 
@@ -62,15 +73,51 @@ impl BuiltPool {
     pub(crate) fn serves(&self, config: &PoolConfig, server: &ServerConfig) -> bool {
         self.config == *config && self.server_body_limit == server.max_body_bytes.map(|b| b.0)
     }
+
+    /// `"single"` (one target, no balancer), `"balanced"`, `"dns"` or `"etcd"`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match &self.endpoints {
+            EndpointSource::Single { .. } => "single",
+            EndpointSource::Balanced { kind, .. } => kind,
+        }
+    }
+
+    /// The endpoints now, with their state.
+    pub(crate) fn endpoints(&self) -> Vec<EndpointView> {
+        match &self.endpoints {
+            EndpointSource::Single { url, weight } => vec![EndpointView {
+                url: url.clone(),
+                weight: *weight,
+                stats: None,
+            }],
+            EndpointSource::Balanced { read, .. } => read()
+                .into_iter()
+                .map(|s| EndpointView {
+                    url: s.url.clone(),
+                    weight: s.weight,
+                    stats: Some(s),
+                })
+                .collect(),
+        }
+    }
 }
 
-/// One endpoint as `/upstreams` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct EndpointInfo {
+/// Where `/upstreams` and `/metrics` read a pool's endpoints from.
+pub(crate) enum EndpointSource {
+    /// A plain proxy to one target: no per-endpoint state is kept.
+    Single { url: String, weight: u32 },
+    /// A balancer: live state from its `endpoints()`.
+    Balanced {
+        kind: &'static str,
+        read: Arc<dyn Fn() -> Vec<EndpointStats> + Send + Sync>,
+    },
+}
+
+/// One endpoint as the admin pages see it; `stats` is `None` for a single-target pool.
+pub(crate) struct EndpointView {
     pub(crate) url: String,
     pub(crate) weight: u32,
-    /// `static`: a fixed target, not health-checked (health checks need the health module).
-    pub(crate) state: &'static str,
+    pub(crate) stats: Option<EndpointStats>,
 }
 
 /// Build the service for the pool `name`.
@@ -81,48 +128,55 @@ pub(crate) fn build_upstream(
     metrics: &Arc<Metrics>,
 ) -> Result<BuiltPool, BuildError> {
     let key = format!("pools.{name}");
-    if let Some(d) = &pool.discovery {
-        return Err(BuildError {
-            span: d.span(),
-            key: format!("{key}.discovery"),
-            message: format!("{NEEDS_BALANCER}; discovery sources feed a balanced pool"),
-            hint: "until then, list one static target: targets = [\"http://HOST:PORT\"]".to_owned(),
-        });
+    let retries = metrics.retries_for(name);
+    let (service, endpoints) = if let Some(d) = &pool.discovery {
+        discovered(&key, d, pool, server, retries)?
+    } else if pool.targets.len() == 1
+        && pool.health_check.is_none()
+        && pool.outlier_detection.is_none()
+    {
+        single(&key, pool, server, retries)?
+    } else {
+        balanced(&key, pool, server, retries)?
+    };
+    Ok(BuiltPool {
+        config: pool.clone(),
+        server_body_limit: server.max_body_bytes.map(|b| b.0),
+        service,
+        endpoints,
+        strategy: *pool.strategy.get_ref(),
+    })
+}
+
+type Built = (UpstreamService, EndpointSource);
+
+/// The pool's service, counted and wrapped in its retry layer.
+fn finish<S>(inner: S, pool: &PoolConfig, retries: Counter) -> UpstreamService
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let counted = CountAttempts { inner, retries };
+    match &pool.retry {
+        None => BoxCloneSyncService::new(counted),
+        Some(retry) => BoxCloneSyncService::new(retry_layer(retry.get_ref()).layer(counted)),
     }
-    if pool.targets.len() > 1 {
-        return Err(BuildError {
-            span: pool.targets[1].span(),
-            key: format!("{key}.targets"),
-            message: format!(
-                "{NEEDS_BALANCER}; this pool lists {} targets",
-                pool.targets.len()
-            ),
-            hint: "until then, keep one target per pool".to_owned(),
-        });
-    }
-    if let Some(hc) = &pool.health_check {
-        return Err(BuildError {
-            span: hc.span(),
-            key: format!("{key}.health_check"),
-            message: "active health checks need the health module (not merged yet)".to_owned(),
-            hint: "remove [pools.NAME.health_check] for now".to_owned(),
-        });
-    }
-    if let Some(od) = &pool.outlier_detection {
-        return Err(BuildError {
-            span: od.span(),
-            key: format!("{key}.outlier_detection"),
-            message: "outlier detection needs the health module (not merged yet)".to_owned(),
-            hint: "remove [pools.NAME.outlier_detection] for now".to_owned(),
-        });
-    }
+}
+
+type Counter = prometheus_client::metrics::counter::Counter;
+
+fn single(
+    key: &str,
+    pool: &PoolConfig,
+    server: &ServerConfig,
+    retries: Counter,
+) -> Result<Built, BuildError> {
     let Some(target) = pool.targets.first() else {
-        return Err(BuildError {
-            span: 0..0,
-            key: format!("{key}.targets"),
-            message: "the pool has no targets".to_owned(),
-            hint: "add targets = [\"http://127.0.0.1:3000\"]".to_owned(),
-        });
+        return Err(no_targets(key));
     };
     let t = target.get_ref();
     let proxy = ReverseProxy::try_new("/", t.url.clone()).map_err(|err| BuildError {
@@ -132,25 +186,253 @@ pub(crate) fn build_upstream(
         hint: "write an absolute http:// or https:// URL with a host".to_owned(),
     })?;
     let proxy = proxy.with_policy(policy(pool, server));
-    let counted = CountAttempts {
-        inner: proxy,
-        retries: metrics.retries_for(name),
-    };
-    let service = match &pool.retry {
-        None => BoxCloneSyncService::new(counted),
-        Some(retry) => BoxCloneSyncService::new(retry_layer(retry.get_ref()).layer(counted)),
-    };
-    Ok(BuiltPool {
-        config: pool.clone(),
-        server_body_limit: server.max_body_bytes.map(|b| b.0),
-        service,
-        endpoints: vec![EndpointInfo {
+    Ok((
+        finish(proxy, pool, retries),
+        EndpointSource::Single {
             url: t.url.clone(),
             weight: t.weight,
-            state: "static",
-        }],
-        strategy: *pool.strategy.get_ref(),
-    })
+        },
+    ))
+}
+
+fn no_targets(key: &str) -> BuildError {
+    BuildError {
+        span: 0..0,
+        key: format!("{key}.targets"),
+        message: "the pool has no targets".to_owned(),
+        hint: "add targets = [\"http://127.0.0.1:3000\"]".to_owned(),
+    }
+}
+
+/// Apply the settings every balancer shares (both kinds have the same builders).
+macro_rules! configure {
+    ($proxy:expr, $pool:expr, $server:expr) => {{
+        let pool: &PoolConfig = $pool;
+        let mut proxy = $proxy
+            .with_strategy(strategy(*pool.strategy.get_ref()))
+            .with_policy(policy(pool, $server))
+            .with_outlier_detection(outliers(
+                pool.outlier_detection.as_ref().map(|o| o.get_ref()),
+            ));
+        if let Some(k) = &pool.hash_key {
+            proxy = proxy.with_hash_key(hash_key(k.get_ref()));
+        }
+        if let Some(hc) = &pool.health_check {
+            proxy = proxy.with_health_check(health_check(hc.get_ref()));
+        }
+        proxy
+    }};
+}
+
+fn balanced(
+    key: &str,
+    pool: &PoolConfig,
+    server: &ServerConfig,
+    retries: Counter,
+) -> Result<Built, BuildError> {
+    if pool.targets.is_empty() {
+        return Err(no_targets(key));
+    }
+    // Validation checked every URL; name the first one the balancer refuses anyway.
+    for (i, t) in pool.targets.iter().enumerate() {
+        if let Err(err) = ReverseProxy::try_new("/", t.get_ref().url.clone()) {
+            return Err(BuildError {
+                span: t.span(),
+                key: format!("{key}.targets[{i}]"),
+                message: err.to_string(),
+                hint: "write an absolute http:// or https:// URL with a host".to_owned(),
+            });
+        }
+    }
+    let urls: Vec<String> = pool
+        .targets
+        .iter()
+        .map(|t| t.get_ref().url.clone())
+        .collect();
+    let proxy = BalancedProxy::try_new("/".to_owned(), urls).map_err(|err| BuildError {
+        span: pool.targets[0].span(),
+        key: format!("{key}.targets"),
+        message: err.to_string(),
+        hint: "write absolute http:// or https:// URLs with a host".to_owned(),
+    })?;
+    let proxy = proxy.with_weights(pool.targets.iter().map(|t| t.get_ref().weight));
+    let proxy = configure!(proxy, pool, server);
+    proxy.start_health_checks();
+    let read = {
+        let proxy = proxy.clone();
+        Arc::new(move || proxy.endpoints())
+    };
+    Ok((
+        finish(proxy, pool, retries),
+        EndpointSource::Balanced {
+            kind: "balanced",
+            read,
+        },
+    ))
+}
+
+fn discovered(
+    key: &str,
+    d: &toml::Spanned<DiscoveryConfig>,
+    pool: &PoolConfig,
+    server: &ServerConfig,
+    retries: Counter,
+) -> Result<Built, BuildError> {
+    let dkey = format!("{key}.discovery");
+    let failed = |k: String, message: String, hint: &str| BuildError {
+        span: d.span(),
+        key: k,
+        message,
+        hint: hint.to_owned(),
+    };
+    match (&d.get_ref().dns, &d.get_ref().etcd) {
+        (Some(dns), None) => {
+            let source = DnsEndpointDiscovery::new(dns_settings(dns)).map_err(|err| {
+                failed(
+                    format!("{dkey}.dns"),
+                    format!("cannot start DNS discovery: {err}"),
+                    "list name servers with servers = [\"10.0.0.2:53\"] if the system has no resolver configuration",
+                )
+            })?;
+            Ok(start_discovery(source, "dns", pool, server, retries))
+        }
+        (None, Some(etcd)) => {
+            if etcd.username.is_some() || etcd.password.is_some() {
+                return Err(failed(
+                    format!("{dkey}.etcd.username"),
+                    "etcd authentication is not supported yet".to_owned(),
+                    "remove username and password and reach etcd over a trusted network",
+                ));
+            }
+            let source = EtcdDiscovery::new(etcd_config(etcd)).map_err(|err| {
+                failed(
+                    format!("{dkey}.etcd"),
+                    format!("cannot start etcd discovery: {err}"),
+                    "write endpoints = [\"http://127.0.0.1:2379\"]",
+                )
+            })?;
+            Ok(start_discovery(source, "etcd", pool, server, retries))
+        }
+        _ => Err(failed(
+            dkey,
+            "name exactly one discovery source".to_owned(),
+            "write either [pools.NAME.discovery.dns] or [pools.NAME.discovery.etcd]",
+        )),
+    }
+}
+
+fn start_discovery<D>(
+    source: D,
+    kind: &'static str,
+    pool: &PoolConfig,
+    server: &ServerConfig,
+    retries: Counter,
+) -> Built
+where
+    D: tower::discover::Discover + Send + 'static,
+    D::Key: std::hash::Hash + Eq + Clone + std::fmt::Debug + Send + Sync,
+    D::Service: Into<String> + Send,
+    D::Error: std::fmt::Debug + Send,
+{
+    let proxy = DiscoverableBalancedProxy::new("/", source);
+    let proxy = configure!(proxy, pool, server);
+    // `start_discovery` only spawns its task (it never waits), so one poll completes it;
+    // this keeps pool building synchronous.
+    let started = {
+        let mut start = std::pin::pin!(proxy.start_discovery());
+        start
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    };
+    if !started && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let proxy = proxy.clone();
+        runtime.spawn(async move { proxy.start_discovery().await });
+    }
+    proxy.start_health_checks();
+    let read = {
+        let proxy = proxy.clone();
+        Arc::new(move || proxy.endpoints())
+    };
+    (
+        finish(proxy, pool, retries),
+        EndpointSource::Balanced { kind, read },
+    )
+}
+
+fn dns_settings(dns: &DnsDiscoveryConfig) -> DnsDiscoverySettings {
+    let mut config = LibDnsConfig::new(dns.name.get_ref().clone(), dns.port.unwrap_or(0))
+        .with_refresh_interval(dns.refresh.0)
+        .with_https(dns.scheme.get_ref() == "https");
+    if !dns.servers.is_empty() {
+        let servers: Vec<NameServerConfig> = dns
+            .servers
+            .iter()
+            .map(|s| NameServerConfig::new(*s.get_ref(), Protocol::Udp))
+            .collect();
+        config = config.with_resolver_config(ResolverConfig::from_parts(None, vec![], servers));
+    }
+    let (srv, types) = match dns.record {
+        DnsRecord::A => (false, DnsRecordTypes::A),
+        DnsRecord::Aaaa => (false, DnsRecordTypes::Aaaa),
+        DnsRecord::AAndAaaa => (false, DnsRecordTypes::Both),
+        DnsRecord::Srv => (true, DnsRecordTypes::Both),
+    };
+    config.with_srv(srv).with_record_types(types)
+}
+
+fn etcd_config(etcd: &EtcdDiscoveryConfig) -> LibEtcdConfig {
+    LibEtcdConfig::new(
+        etcd.endpoints.iter().map(|e| e.get_ref().clone()),
+        etcd.prefix.get_ref().clone(),
+    )
+}
+
+fn strategy(s: Strategy) -> LoadBalancingStrategy {
+    match s {
+        Strategy::RoundRobin => LoadBalancingStrategy::RoundRobin,
+        Strategy::WeightedRoundRobin => LoadBalancingStrategy::WeightedRoundRobin,
+        Strategy::P2cPendingRequests => LoadBalancingStrategy::P2cPendingRequests,
+        Strategy::P2cPeakEwma => LoadBalancingStrategy::P2cPeakEwma,
+        Strategy::LeastRequest => LoadBalancingStrategy::LeastRequest,
+        Strategy::Random => LoadBalancingStrategy::Random,
+        Strategy::ConsistentHash => LoadBalancingStrategy::ConsistentHash,
+    }
+}
+
+/// `"path"`, `"client_ip"`, `"header:NAME"`, `"cookie:NAME"` (checked by validation; an
+/// unknown key hashes the client IP).
+fn hash_key(text: &str) -> HashKey {
+    match text.split_once(':') {
+        Some(("header", name)) => HashKey::header(name),
+        Some(("cookie", name)) => HashKey::cookie(name),
+        _ if text == "path" => HashKey::Path,
+        _ => HashKey::ClientIp,
+    }
+}
+
+/// The pool's outlier detection: the table's settings, or its defaults when absent.
+fn outliers(config: Option<&OutlierConfig>) -> OutlierDetection {
+    let default = OutlierConfig::default();
+    let o = config.unwrap_or(&default);
+    if !o.enabled {
+        return OutlierDetection::disabled();
+    }
+    OutlierDetection::default()
+        .with_consecutive_gateway_failures(*o.consecutive_failures.get_ref())
+        .with_base_ejection_time(o.base_ejection_time.0)
+        .with_max_ejection_time(o.max_ejection_time.get_ref().0)
+        .with_max_ejection_percent(*o.max_ejection_percent.get_ref())
+}
+
+fn health_check(h: &HealthCheckConfig) -> HealthCheck {
+    let (lo, hi) = parse_status_range(h.expected_status.get_ref()).unwrap_or((200, 399));
+    HealthCheck::new(h.path.get_ref().clone())
+        .with_interval(h.interval.0)
+        .with_timeout(h.timeout.get_ref().0)
+        .with_healthy_threshold(*h.healthy_threshold.get_ref())
+        .with_unhealthy_threshold(*h.unhealthy_threshold.get_ref())
+        .with_expected_statuses(lo..=hi)
 }
 
 fn policy(pool: &PoolConfig, server: &ServerConfig) -> ProxyPolicy {
@@ -221,7 +503,7 @@ pub(crate) struct Attempts(pub(crate) Arc<AtomicU32>);
 #[derive(Clone)]
 struct CountAttempts<S> {
     inner: S,
-    retries: prometheus_client::metrics::counter::Counter,
+    retries: Counter,
 }
 
 impl<S> tower::Service<Request<Body>> for CountAttempts<S>
@@ -244,5 +526,95 @@ where
             self.retries.inc();
         }
         Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn build(pool: &str) -> Result<BuiltPool, BuildError> {
+        let toml = format!(
+            "[listeners.web]\naddress = \"127.0.0.1:0\"\n[[routes]]\nprefix = \"/\"\npool = \"p\"\n[pools.p]\n{pool}"
+        );
+        let loaded = config::parse("t.toml", toml, ".".into(), false).unwrap();
+        let cfg = &loaded.config;
+        let (_, p) = cfg.pools.iter().next().unwrap();
+        build_upstream("p", p, &cfg.server, &Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn the_kind_follows_the_configuration() {
+        let one = build("targets = [\"http://127.0.0.1:1\"]\n").unwrap();
+        assert_eq!(one.kind(), "single");
+        assert!(one.endpoints()[0].stats.is_none());
+
+        let two = build(
+            "targets = [\"http://127.0.0.1:1\", { url = \"http://127.0.0.1:2\", weight = 4 }]\nstrategy = \"random\"\n",
+        )
+        .unwrap();
+        assert_eq!(two.kind(), "balanced");
+        let eps = two.endpoints();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[1].weight, 4);
+        assert!(
+            eps.iter()
+                .all(|e| e.stats.as_ref().is_some_and(|s| s.healthy))
+        );
+
+        // Health settings on one target need the balancer to take effect.
+        let checked =
+            build("targets = [\"http://127.0.0.1:1\"]\n[pools.p.health_check]\npath = \"/h\"\n")
+                .unwrap();
+        assert_eq!(checked.kind(), "balanced");
+
+        let dns = build(
+            "[pools.p.discovery.dns]\nname = \"api.test\"\nport = 80\nservers = [\"127.0.0.1:9\"]\n",
+        )
+        .unwrap();
+        assert_eq!(dns.kind(), "dns");
+        assert!(dns.endpoints().is_empty());
+
+        let etcd = build(
+            "[pools.p.discovery.etcd]\nendpoints = [\"http://127.0.0.1:9\"]\nprefix = \"/svc/\"\n",
+        )
+        .unwrap();
+        assert_eq!(etcd.kind(), "etcd");
+    }
+
+    #[test]
+    fn settings_map_to_the_library() {
+        assert_eq!(outliers(None), {
+            OutlierDetection::default()
+                .with_consecutive_gateway_failures(5)
+                .with_base_ejection_time(std::time::Duration::from_secs(30))
+                .with_max_ejection_time(std::time::Duration::from_secs(300))
+                .with_max_ejection_percent(50)
+        });
+        let off = OutlierConfig {
+            enabled: false,
+            ..OutlierConfig::default()
+        };
+        assert_eq!(outliers(Some(&off)), OutlierDetection::disabled());
+        assert_eq!(hash_key("header:X-User"), HashKey::header("x-user"));
+        assert_eq!(hash_key("cookie:sid"), HashKey::cookie("sid"));
+        assert_eq!(hash_key("path"), HashKey::Path);
+        assert_eq!(hash_key("client_ip"), HashKey::ClientIp);
+        let hc = health_check(&HealthCheckConfig::default());
+        assert_eq!(
+            hc,
+            HealthCheck::new("/health")
+                .with_interval(std::time::Duration::from_secs(10))
+                .with_timeout(std::time::Duration::from_secs(2))
+                .with_healthy_threshold(2)
+                .with_unhealthy_threshold(3)
+                .with_expected_statuses(200..=399)
+        );
+        for (i, name) in Strategy::NAMES.iter().enumerate() {
+            let s: Strategy = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(s.name(), *name, "{i}");
+            let _ = strategy(s);
+        }
     }
 }

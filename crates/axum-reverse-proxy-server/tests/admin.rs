@@ -181,7 +181,9 @@ set = { "authorization" = "Bearer config-secret-1", "x-env" = "staging" }
         serde_json::from_str(&get_text(format!("{admin}/upstreams")).await).unwrap();
     let endpoints = &upstreams["pools"]["main"]["endpoints"];
     assert_eq!(endpoints[0]["url"], format!("http://{upstream}"));
-    assert_eq!(endpoints[0]["state"], "static");
+    assert_eq!(endpoints[0]["healthy"], true);
+    assert_eq!(endpoints[0]["ejected"], false);
+    assert_eq!(upstreams["pools"]["main"]["kind"], "single");
     assert_eq!(upstreams["pools"]["main"]["strategy"], "round_robin");
 
     let config = get_text(format!("{admin}/config")).await;

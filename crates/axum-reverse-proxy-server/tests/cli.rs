@@ -38,8 +38,54 @@ fn invalid_upstream_is_an_error() {
     assert!(stderr.contains("`--upstream`"), "{stderr}");
 }
 
+#[tokio::test]
+async fn several_upstreams_make_a_balanced_pool() {
+    let one = echo("one").await;
+    let two = echo("two").await;
+    let (one, two) = (format!("http://{one}"), format!("http://{two}"));
+    let proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--upstream",
+        &one,
+        "--upstream",
+        &two,
+        "--strategy",
+        "round_robin",
+    ]);
+    let front = proxy.listener_url("main");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let body: serde_json::Value = client()
+            .get(format!("{front}/x"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.push(body["upstream"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["one", "two", "one", "two"]);
+    let upstreams: serde_json::Value = client()
+        .get(format!("{}/upstreams", proxy.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pool = &upstreams["pools"]["default"];
+    assert_eq!(pool["kind"], "balanced", "{upstreams}");
+    assert_eq!(pool["strategy"], "round_robin");
+    assert_eq!(pool["endpoints"][0]["requests"], 2, "{upstreams}");
+    assert_eq!(pool["endpoints"][1]["requests"], 2, "{upstreams}");
+}
+
 #[test]
-fn several_upstreams_wait_for_the_balancer() {
+fn an_invalid_second_upstream_names_the_flag() {
     let out = Command::new(BIN)
         .args([
             "--listen",
@@ -47,7 +93,7 @@ fn several_upstreams_wait_for_the_balancer() {
             "--upstream",
             "http://127.0.0.1:1",
             "--upstream",
-            "http://127.0.0.1:2",
+            "ftp://127.0.0.1:2",
             "--strategy",
             "p2c_peak_ewma",
         ])
@@ -55,10 +101,6 @@ fn several_upstreams_wait_for_the_balancer() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("load-balanced pools need the balancing module (not merged yet)"),
-        "{stderr}"
-    );
     // Errors about generated configuration name the flag, not a line.
     assert!(
         stderr.contains("error: <command line>: `--upstream`"),
@@ -91,6 +133,47 @@ fn example_config_passes_check() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
+#[test]
+fn discovery_pools_pass_check_offline() {
+    let dir = common::TempDir::new("disc");
+    let path = dir.write(
+        "proxy.toml",
+        r#"
+[listeners.web]
+address = "127.0.0.1:0"
+
+[pools.dns]
+[pools.dns.discovery.dns]
+name = "api.service.internal"
+port = 8080
+servers = ["127.0.0.1:53"]
+
+[pools.etcd]
+[pools.etcd.discovery.etcd]
+endpoints = ["http://127.0.0.1:2379"]
+prefix = "/services/api/"
+
+[[routes]]
+prefix = "/"
+pool = "dns"
+
+[[routes]]
+prefix = "/e"
+pool = "etcd"
+"#,
+    );
+    let out = Command::new(BIN)
+        .args(["--check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 pool(s)"));
+}
+
 #[tokio::test]
 async fn demo_answers() {
     let proxy = Proxy::start(&["--listen", "127.0.0.1:0"]);
@@ -108,16 +191,28 @@ async fn demo_answers() {
     assert!(printed.contains("curl -i"), "{printed}");
     assert!(printed.contains(&format!("{admin}/metrics")), "{printed}");
 
-    let resp = client()
-        .get(format!("{front}/users/42?verbose=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.text().await.unwrap();
-    assert!(body.contains("'users' upstream"), "{body}");
-    assert!(body.contains("path: /42?verbose=1"), "{body}");
-    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    // One balanced route over both upstreams: two requests, two upstreams.
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let resp = client()
+            .get(format!("{front}/users/42?verbose=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("path: /users/42?verbose=1"), "{body}");
+        assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+        let name = body
+            .lines()
+            .next()
+            .and_then(|l| l.split('\'').nth(1))
+            .unwrap_or_else(|| panic!("no upstream name in {body}"))
+            .to_owned();
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["blue", "green"]);
 
     let metrics = client()
         .get(format!("{admin}/metrics"))
@@ -126,9 +221,12 @@ async fn demo_answers() {
         .unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(
-        metrics.contains(
-            r#"proxy_requests_total{route="users",upstream="users",status_class="2xx"} 1"#
-        ),
+        metrics
+            .contains(r#"proxy_requests_total{route="demo",upstream="demo",status_class="2xx"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("proxy_upstream_endpoint_healthy{pool=\"demo\""),
         "{metrics}"
     );
 }

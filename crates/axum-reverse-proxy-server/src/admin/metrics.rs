@@ -10,6 +10,20 @@
 //! | `proxy_connections_total` | listener | client connections accepted |
 //! | `proxy_connections_refused_total` | listener | refused at `max_connections` |
 //! | `proxy_config_reloads_total` | result | reloads, `ok` or `error` |
+//! | `proxy_upstream_endpoint_healthy` | pool, endpoint | 1 unless active health checks say down |
+//! | `proxy_upstream_endpoint_ejected` | pool, endpoint | 1 while outlier detection ejects it |
+//! | `proxy_upstream_endpoint_pending` | pool, endpoint | requests in flight |
+//! | `proxy_upstream_endpoint_rtt_seconds` | pool, endpoint | peak-EWMA latency estimate |
+//! | `proxy_upstream_endpoint_weight` | pool, endpoint | configured weight |
+//!
+//! The endpoint gauges are filled at scrape time from the active pools
+//! ([`Metrics::refresh_endpoints`]), so they always show the endpoints of the running
+//! configuration and nothing that a reload or discovery removed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +31,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::upstream::BuiltPool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
@@ -34,6 +50,12 @@ pub(crate) struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct UpstreamLabels {
     pub(crate) upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndpointLabels {
+    pub(crate) pool: String,
+    pub(crate) endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +85,14 @@ pub(crate) struct Metrics {
     pub(crate) connections: Family<ListenerLabels, Counter>,
     pub(crate) refused: Family<ListenerLabels, Counter>,
     pub(crate) reloads: Family<ResultLabels, Counter>,
+    endpoint_healthy: Family<EndpointLabels, Gauge>,
+    endpoint_ejected: Family<EndpointLabels, Gauge>,
+    endpoint_pending: Family<EndpointLabels, Gauge>,
+    endpoint_rtt: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    endpoint_weight: Family<EndpointLabels, Gauge>,
+    /// Serialises scrapes, so two of them never interleave clearing and filling the
+    /// endpoint gauges. Only the admin listener takes it.
+    scrape: Mutex<()>,
 }
 
 impl Metrics {
@@ -110,8 +140,44 @@ impl Metrics {
             "Configuration reloads by result",
             reloads.clone(),
         );
+        let endpoint_healthy = Family::<EndpointLabels, Gauge>::default();
+        let endpoint_ejected = Family::<EndpointLabels, Gauge>::default();
+        let endpoint_pending = Family::<EndpointLabels, Gauge>::default();
+        let endpoint_rtt = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
+        let endpoint_weight = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "proxy_upstream_endpoint_healthy",
+            "1 unless active health checks consider the endpoint down",
+            endpoint_healthy.clone(),
+        );
+        registry.register(
+            "proxy_upstream_endpoint_ejected",
+            "1 while passive outlier detection keeps the endpoint out of rotation",
+            endpoint_ejected.clone(),
+        );
+        registry.register(
+            "proxy_upstream_endpoint_pending",
+            "Requests in flight to the endpoint",
+            endpoint_pending.clone(),
+        );
+        registry.register(
+            "proxy_upstream_endpoint_rtt_seconds",
+            "Peak-EWMA round-trip estimate of the endpoint",
+            endpoint_rtt.clone(),
+        );
+        registry.register(
+            "proxy_upstream_endpoint_weight",
+            "Configured weight of the endpoint",
+            endpoint_weight.clone(),
+        );
         Metrics {
             registry,
+            endpoint_healthy,
+            endpoint_ejected,
+            endpoint_pending,
+            endpoint_rtt,
+            endpoint_weight,
+            scrape: Mutex::new(()),
             requests,
             duration,
             retries,
@@ -155,8 +221,57 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// The text exposition, with the endpoint gauges of `pools` as they are now.
+    pub(crate) fn encode_with(&self, pools: &BTreeMap<String, Arc<BuiltPool>>) -> String {
+        let _scrape = self
+            .scrape
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.refresh_endpoints(pools);
+        self.encode()
+    }
+
+    /// Replace the endpoint gauges by the state of `pools`' endpoints now.
+    fn refresh_endpoints(&self, pools: &BTreeMap<String, Arc<BuiltPool>>) {
+        self.endpoint_healthy.clear();
+        self.endpoint_ejected.clear();
+        self.endpoint_pending.clear();
+        self.endpoint_rtt.clear();
+        self.endpoint_weight.clear();
+        for (pool, built) in pools {
+            for e in built.endpoints() {
+                let labels = EndpointLabels {
+                    pool: pool.clone(),
+                    endpoint: crate::admin::without_userinfo(&e.url).unwrap_or(e.url),
+                };
+                let (healthy, ejected, pending, rtt) = match &e.stats {
+                    Some(s) => (
+                        s.healthy,
+                        s.ejected_until.is_some(),
+                        i64::try_from(s.pending).unwrap_or(i64::MAX),
+                        s.rtt_ewma.as_secs_f64(),
+                    ),
+                    None => (true, false, 0, 0.0),
+                };
+                self.endpoint_healthy
+                    .get_or_create(&labels)
+                    .set(i64::from(healthy));
+                self.endpoint_ejected
+                    .get_or_create(&labels)
+                    .set(i64::from(ejected));
+                self.endpoint_weight
+                    .get_or_create(&labels)
+                    .set(i64::from(e.weight));
+                if e.stats.is_some() {
+                    self.endpoint_pending.get_or_create(&labels).set(pending);
+                    self.endpoint_rtt.get_or_create(&labels).set(rtt);
+                }
+            }
+        }
+    }
+
     /// The text exposition.
-    pub(crate) fn encode(&self) -> String {
+    fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

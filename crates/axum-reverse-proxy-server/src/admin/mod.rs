@@ -33,7 +33,7 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.encode(),
+        shared.metrics.encode_with(&shared.active.load().pools),
     )
         .into_response()
 }
@@ -48,20 +48,51 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn upstreams(State(shared): State<Arc<Shared>>) -> Response {
     let snapshot = shared.active.load();
+    let now = tokio::time::Instant::now();
     let pools: serde_json::Map<String, Value> = snapshot
         .pools
         .iter()
         .map(|(name, pool)| {
+            let endpoints: Vec<Value> = pool
+                .endpoints()
+                .into_iter()
+                .map(|e| {
+                    let url = without_userinfo(&e.url).unwrap_or(e.url);
+                    match e.stats {
+                        // A plain proxy to one target keeps no endpoint state.
+                        None => json!({
+                            "url": url,
+                            "weight": e.weight,
+                            "healthy": true,
+                            "ejected": false,
+                        }),
+                        Some(s) => json!({
+                            "url": url,
+                            "weight": e.weight,
+                            "healthy": s.healthy,
+                            "ejected": s.ejected_until.is_some(),
+                            "ejected_for_ms": s.ejected_until.map(|t| {
+                                u64::try_from(t.saturating_duration_since(now).as_millis())
+                                    .unwrap_or(u64::MAX)
+                            }),
+                            "times_ejected": s.times_ejected,
+                            "pending": s.pending,
+                            "rtt_ewma_ms": s.rtt_ewma.as_secs_f64() * 1000.0,
+                            "requests": s.requests,
+                            "failures": s.failures,
+                            "consecutive_failures": s.consecutive_failures,
+                        }),
+                    }
+                })
+                .collect();
             (
                 name.clone(),
                 json!({
+                    "kind": pool.kind(),
                     "strategy": pool.strategy.name(),
                     "retries": pool.config.retry.is_some(),
-                    "endpoints": pool.endpoints.iter().map(|e| {
-                        let mut v = json!(e);
-                        redact(&mut v, false);
-                        v
-                    }).collect::<Vec<_>>(),
+                    "health_check": pool.config.health_check.is_some(),
+                    "endpoints": endpoints,
                 }),
             )
         })

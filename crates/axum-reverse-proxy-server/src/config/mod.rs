@@ -15,7 +15,7 @@ mod validate;
 
 pub(crate) use errors::{ConfigError, ConfigErrors, Locator};
 pub(crate) use schema::*;
-pub(crate) use validate::normalize_prefix;
+pub(crate) use validate::{normalize_prefix, parse_status_range};
 
 /// A parsed and validated configuration, with what is needed to report on it later.
 #[derive(Debug, Clone)]

@@ -243,7 +243,7 @@ pub(crate) struct PoolConfig {
     /// Active health checks.
     #[serde(default)]
     pub(crate) health_check: Option<Spanned<HealthCheckConfig>>,
-    /// Passive outlier detection (ejects endpoints that keep failing).
+    /// Passive outlier detection (ejects endpoints that keep failing); on by default.
     #[serde(default)]
     pub(crate) outlier_detection: Option<Spanned<OutlierConfig>>,
     /// Retries of requests that failed before reaching the upstream.
@@ -456,6 +456,9 @@ pub(crate) struct DnsDiscoveryConfig {
     /// How often to resolve again (answers' TTLs may shorten it).
     #[serde(default = "thirty_seconds")]
     pub(crate) refresh: Interval,
+    /// Name servers to ask (`"10.0.0.2:53"`, over UDP); empty: the system's resolver.
+    #[serde(default)]
+    pub(crate) servers: Vec<Spanned<SocketAddr>>,
 }
 
 fn http() -> Spanned<String> {
@@ -518,10 +521,13 @@ impl Default for HealthCheckConfig {
     }
 }
 
-/// `[pools.NAME.outlier_detection]`: passive ejection of failing endpoints.
+/// `[pools.NAME.outlier_detection]`: passive ejection of failing endpoints. On with these
+/// defaults when the table is absent; `enabled = false` turns it off.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct OutlierConfig {
+    /// Whether endpoints are ejected at all.
+    pub(crate) enabled: bool,
     /// Consecutive gateway failures (502/503/504, connect errors) that eject an endpoint.
     pub(crate) consecutive_failures: Spanned<u32>,
     /// First ejection time; multiplied by the number of times ejected.
@@ -535,6 +541,7 @@ pub(crate) struct OutlierConfig {
 impl Default for OutlierConfig {
     fn default() -> Self {
         OutlierConfig {
+            enabled: true,
             consecutive_failures: Spanned::new(0..0, 5),
             base_ejection_time: Interval::secs(30),
             max_ejection_time: Spanned::new(0..0, Interval::secs(300)),

@@ -268,6 +268,16 @@ fn check_pool(
                     "add port = 8080 (or use record = \"srv\")",
                 ));
             }
+            for server in &dns.servers {
+                if server.get_ref().port() == 0 {
+                    errors.push(loc.error(
+                        &server.span(),
+                        format!("{dkey}.dns.servers"),
+                        "a name server needs a port",
+                        "write e.g. \"10.0.0.2:53\"",
+                    ));
+                }
+            }
             if dns.refresh.0 < Duration::from_secs(1) {
                 errors.push(loc.error(
                     &dns.name.span(),

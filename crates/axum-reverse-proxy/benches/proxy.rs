@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use axum_reverse_proxy::ReverseProxy;
+use axum_reverse_proxy::{BalancedProxy, ReverseProxy};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
@@ -119,6 +119,25 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
     }
+
+    // One request at a time through a 4-endpoint round-robin balancer vs one target:
+    // what choosing, counting and passive health cost per request.
+    let balanced = rt.block_on(async {
+        let mut targets = Vec::new();
+        for _ in 0..4 {
+            targets.push(format!("http://{}", upstream().await));
+        }
+        serve(BalancedProxy::new(String::from("/"), targets).into()).await
+    });
+    let mut group = c.benchmark_group("small_get/http1/balanced");
+    group.measurement_time(Duration::from_secs(5));
+    for (via, addr) in [("single", proxied), ("balanced_4", balanced)] {
+        let mut sender = rt.block_on(Sender::connect(addr, false));
+        group.bench_function(via, |b| {
+            b.iter(|| rt.block_on(sender.get(addr, "/small")));
+        });
+    }
+    group.finish();
 
     let mut group = c.benchmark_group("get_1mib/http1");
     group.throughput(Throughput::Bytes(MIB as u64));

@@ -196,14 +196,31 @@ backend be
     return Target("haproxy", ["haproxy", "-f", conf, "-db"], port, h2)
 
 
-def ours_target(up_port):
+def ours_target(tmp, up_port):
+    """Our server from a config file: one worker, no access log (nginx's is off too)."""
     port = free_port()
+    conf = os.path.join(tmp, "ours.toml")
+    with open(conf, "w") as f:
+        f.write(f"""
+[server]
+workers = 1
+[access_log]
+output = "off"
+[listeners.main]
+address = "127.0.0.1:{port}"
+h2c = true
+[pools.up]
+targets = ["http://127.0.0.1:{up_port}"]
+[[routes]]
+name = "all"
+prefix = "/"
+pool = "up"
+""")
     return Target(
         "ours",
-        [os.path.join(RELEASE, "axum-reverse-proxy"), "--listen", f"127.0.0.1:{port}",
-         "--upstream", f"http://127.0.0.1:{up_port}"],
+        [os.path.join(RELEASE, "axum-reverse-proxy"), "--config", conf],
         port,
-        env={"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "error"},
+        env={"RUST_LOG": "error"},
     )
 
 
@@ -404,7 +421,7 @@ def main():
     upstream.start()
     direct = Target("direct", [], up_port)
     targets = [direct, nginx_target(tmp, up_port), haproxy_target(tmp, up_port),
-               ours_target(up_port), embedded_target(up_port)]
+               ours_target(tmp, up_port), embedded_target(up_port)]
     proxies = targets[1:]
     results = {}  # (workload, target) -> list of measurements
     try:

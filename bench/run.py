@@ -155,6 +155,8 @@ http {{
     client_body_temp_path {tmp}/nginx-body;
     proxy_temp_path {tmp}/nginx-proxy;
     keepalive_requests 1000000;
+    # Bodies up to 64 KiB stay in memory: the worker (www-data) need not write temp files.
+    client_body_buffer_size 64k;
     upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; }}
     server {{
         listen 127.0.0.1:{port} reuseport;
@@ -415,6 +417,7 @@ def main():
         args.seconds, args.rounds, args.idle = 2, 1, 500
 
     tmp = tempfile.mkdtemp(prefix="arp-bench-")
+    os.chmod(tmp, 0o755)  # nginx's worker runs as www-data
     up_port = free_port()
     upstream = Target("upstream", [os.path.join(RELEASE, "bench-upstream"), f"127.0.0.1:{up_port}"],
                       up_port, core=OTHER_CORE)

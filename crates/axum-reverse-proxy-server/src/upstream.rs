@@ -29,7 +29,7 @@ use axum_reverse_proxy::discover::{
 use axum_reverse_proxy::{
     BalancedProxy, DiscoverableBalancedProxy, DnsDiscoveryConfig as LibDnsConfig, EndpointStats,
     HashKey, HealthCheck, HostBehaviour, LoadBalancingStrategy, OutlierDetection, ProxyPolicy,
-    RetryLayer, ReverseProxy, TrustedProxies, XForwardedFor,
+    RetryLayer, ReverseProxy, TrustedProxies, UpgradeTunnels, XForwardedFor,
 };
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::proto::xfer::Protocol;
@@ -126,18 +126,20 @@ pub(crate) fn build_upstream(
     pool: &PoolConfig,
     server: &ServerConfig,
     metrics: &Arc<Metrics>,
+    tunnels: &UpgradeTunnels,
 ) -> Result<BuiltPool, BuildError> {
     let key = format!("pools.{name}");
     let retries = metrics.retries_for(name);
+    let policy = policy(pool, server).with_upgrade_tunnels(tunnels.clone());
     let (service, endpoints) = if let Some(d) = &pool.discovery {
-        discovered(&key, d, pool, server, retries)?
+        discovered(&key, d, pool, policy, retries)?
     } else if pool.targets.len() == 1
         && pool.health_check.is_none()
         && pool.outlier_detection.is_none()
     {
-        single(&key, pool, server, retries)?
+        single(&key, pool, policy, retries)?
     } else {
-        balanced(&key, pool, server, retries)?
+        balanced(&key, pool, policy, retries)?
     };
     Ok(BuiltPool {
         config: pool.clone(),
@@ -172,7 +174,7 @@ type Counter = prometheus_client::metrics::counter::Counter;
 fn single(
     key: &str,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Result<Built, BuildError> {
     let Some(target) = pool.targets.first() else {
@@ -185,7 +187,7 @@ fn single(
         message: err.to_string(),
         hint: "write an absolute http:// or https:// URL with a host".to_owned(),
     })?;
-    let proxy = proxy.with_policy(policy(pool, server));
+    let proxy = proxy.with_policy(policy);
     Ok((
         finish(proxy, pool, retries),
         EndpointSource::Single {
@@ -206,11 +208,11 @@ fn no_targets(key: &str) -> BuildError {
 
 /// Apply the settings every balancer shares (both kinds have the same builders).
 macro_rules! configure {
-    ($proxy:expr, $pool:expr, $server:expr) => {{
+    ($proxy:expr, $pool:expr, $policy:expr) => {{
         let pool: &PoolConfig = $pool;
         let mut proxy = $proxy
             .with_strategy(strategy(*pool.strategy.get_ref()))
-            .with_policy(policy(pool, $server))
+            .with_policy($policy)
             .with_outlier_detection(outliers(
                 pool.outlier_detection.as_ref().map(|o| o.get_ref()),
             ));
@@ -227,7 +229,7 @@ macro_rules! configure {
 fn balanced(
     key: &str,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Result<Built, BuildError> {
     if pool.targets.is_empty() {
@@ -256,7 +258,7 @@ fn balanced(
         hint: "write absolute http:// or https:// URLs with a host".to_owned(),
     })?;
     let proxy = proxy.with_weights(pool.targets.iter().map(|t| t.get_ref().weight));
-    let proxy = configure!(proxy, pool, server);
+    let proxy = configure!(proxy, pool, policy);
     proxy.start_health_checks();
     let read = {
         let proxy = proxy.clone();
@@ -275,7 +277,7 @@ fn discovered(
     key: &str,
     d: &toml::Spanned<DiscoveryConfig>,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Result<Built, BuildError> {
     let dkey = format!("{key}.discovery");
@@ -294,7 +296,7 @@ fn discovered(
                     "list name servers with servers = [\"10.0.0.2:53\"] if the system has no resolver configuration",
                 )
             })?;
-            Ok(start_discovery(source, "dns", pool, server, retries))
+            Ok(start_discovery(source, "dns", pool, policy, retries))
         }
         (None, Some(etcd)) => {
             if etcd.username.is_some() || etcd.password.is_some() {
@@ -311,7 +313,7 @@ fn discovered(
                     "write endpoints = [\"http://127.0.0.1:2379\"]",
                 )
             })?;
-            Ok(start_discovery(source, "etcd", pool, server, retries))
+            Ok(start_discovery(source, "etcd", pool, policy, retries))
         }
         _ => Err(failed(
             dkey,
@@ -325,7 +327,7 @@ fn start_discovery<D>(
     source: D,
     kind: &'static str,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Built
 where
@@ -335,7 +337,7 @@ where
     D::Error: std::fmt::Debug + Send,
 {
     let proxy = DiscoverableBalancedProxy::new("/", source);
-    let proxy = configure!(proxy, pool, server);
+    let proxy = configure!(proxy, pool, policy);
     // `start_discovery` only spawns its task (it never waits), so one poll completes it;
     // this keeps pool building synchronous.
     let started = {
@@ -465,6 +467,12 @@ fn policy(pool: &PoolConfig, server: &ServerConfig) -> ProxyPolicy {
     if let Some(timeout) = pool.timeout {
         policy = policy.with_upstream_timeout(timeout.0);
     }
+    if let Some(timeout) = pool.websocket_connect_timeout {
+        policy = policy.with_websocket_connect_timeout(timeout.0);
+    }
+    if let Some(timeout) = pool.upgrade_idle_timeout {
+        policy = policy.with_upgrade_idle_timeout(timeout.0);
+    }
     let limit = match (server.max_body_bytes, pool.max_body_bytes) {
         (Some(a), Some(b)) => Some(a.0.min(b.0)),
         (a, b) => a.or(b).map(|x| x.0),
@@ -541,7 +549,13 @@ mod tests {
         let loaded = config::parse("t.toml", toml, ".".into(), false).unwrap();
         let cfg = &loaded.config;
         let (_, p) = cfg.pools.iter().next().unwrap();
-        build_upstream("p", p, &cfg.server, &Arc::new(Metrics::new()))
+        build_upstream(
+            "p",
+            p,
+            &cfg.server,
+            &Arc::new(Metrics::new()),
+            &UpgradeTunnels::new(),
+        )
     }
 
     #[tokio::test]

@@ -103,6 +103,8 @@ async fn run<I>(
         .max(8192);
     if !http2 {
         // `auto::Builder::http1_only` is ignored with upgrades enabled: use hyper's own.
+        // `with_upgrades` keeps the socket alive for a 101 (WebSocket…): the connection
+        // future then ends and the proxy's tunnel owns the socket.
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -134,7 +136,9 @@ async fn run<I>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX))
+        // RFC 8441: WebSockets from HTTP/2 clients, as extended CONNECT streams.
+        .enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     drive(

@@ -539,6 +539,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config;
 
@@ -595,6 +597,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(etcd.kind(), "etcd");
+    }
+
+    /// The policy built for pool `p` with `keys` in its table.
+    fn policy_for(keys: &str) -> ProxyPolicy {
+        let toml = format!(
+            "[listeners.web]\naddress = \"127.0.0.1:0\"\n[[routes]]\nprefix = \"/\"\npool = \"p\"\n[pools.p]\ntargets = [\"http://127.0.0.1:1\"]\n{keys}"
+        );
+        let loaded = config::parse("t.toml", toml, ".".into(), false).unwrap();
+        let cfg = &loaded.config;
+        let (_, p) = cfg.pools.iter().next().unwrap();
+        policy(p, &cfg.server)
+    }
+
+    #[test]
+    fn upgrade_settings_reach_the_policy() {
+        let set = policy_for("websocket_connect_timeout = \"3s\"\nupgrade_idle_timeout = \"5m\"\n");
+        assert_eq!(set.websocket_connect_timeout, Duration::from_secs(3));
+        assert_eq!(set.upgrade_idle_timeout, Some(Duration::from_secs(300)));
+        let unset = policy_for("");
+        assert_eq!(
+            unset.websocket_connect_timeout,
+            ProxyPolicy::new().websocket_connect_timeout
+        );
+        assert_eq!(unset.upgrade_idle_timeout, None);
     }
 
     #[test]

@@ -480,3 +480,78 @@ async fn sigterm_closes_websockets_at_the_drain_deadline() {
         proxy.seen
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_idle_timeout_closes_a_silent_websocket() {
+    let (upstream, _closes) = ws_upstream("a").await;
+    let dir = TempDir::new("ws-idle");
+    let config = ws_config(upstream, "").replace(
+        "[[routes]]",
+        "upgrade_idle_timeout = \"300ms\"\n\n[[routes]]",
+    );
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let front = proxy.listener_url("web");
+    let admin = proxy.admin_url();
+
+    let mut ws = connect(&ws_url(&front, "/ws")).await;
+    assert_eq!(round_trip(&mut ws, "busy").await, "busy");
+    let quiet_from = Instant::now();
+    // Then silence both ways: the proxy closes the tunnel.
+    assert!(step("the idle close", ended(&mut ws)).await);
+    assert!(quiet_from.elapsed() >= Duration::from_millis(250));
+    metric_becomes(&admin, "proxy_upgrades_open", 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_from_an_http2_client_over_h2c() {
+    use http::Method;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (upstream, _closes) = ws_upstream("a").await;
+    let dir = TempDir::new("ws-h2c");
+    let config = ws_config(upstream, "").replace(
+        "[listeners.web]\naddress = \"127.0.0.1:0\"",
+        "[listeners.web]\naddress = \"127.0.0.1:0\"\nh2c = true",
+    );
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let front = proxy.listener_url("web");
+    let addr = front.trim_start_matches("http://").to_owned();
+
+    let io = TokioIo::new(TcpStream::connect(&addr).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Body>(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A first request makes sure the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) are in.
+    let warmup = http::Request::get(format!("http://{addr}/"))
+        .body(Body::empty())
+        .unwrap();
+    step("warm-up", sender.send_request(warmup)).await.unwrap();
+
+    let request = http::Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{addr}/ws"))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(Body::empty())
+        .unwrap();
+    let mut response = step("extended CONNECT", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let upgraded = step("the h2 upgrade", hyper::upgrade::on(&mut response))
+        .await
+        .unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    ws.send(Message::text("over h2")).await.unwrap();
+    let echoed = step("the h2 echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echoed, Message::text("over h2"));
+    assert_eq!(
+        metric(&proxy.admin_url(), "proxy_upgrades_open").await,
+        Some(1.0)
+    );
+}

@@ -3,7 +3,9 @@
 //!
 //! The process prints one line per bound socket on stdout (`listener NAME on URL`,
 //! `admin on URL`), then `ready`, so that scripts and tests can read the real addresses
-//! when a config asks for port 0.
+//! when a config asks for port 0. At shutdown it prints `… shutting down …`, then
+//! `waiting for N upgraded connection(s) …` if WebSockets are still open once HTTP has
+//! drained, then `shutdown complete` or `drain deadline passed: …`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -246,6 +246,14 @@ async fn websocket_echo_through_the_binary() {
     // Plain requests on the same route still work.
     let resp = client().get(format!("{front}/ws")).send().await.unwrap();
     assert_ne!(resp.status(), 101);
+
+    // The handshakes are in the access log, as 101s.
+    let (_proxy, line) = proxy
+        .wait_line_async(|l| l.contains("\"status\":101"))
+        .await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["path"], "/ws");
+    assert_eq!(entry["route"], "main");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,11 +503,12 @@ async fn upgrade_idle_timeout_closes_a_silent_websocket() {
     let admin = proxy.admin_url();
 
     let mut ws = connect(&ws_url(&front, "/ws")).await;
+    // The last byte the proxy reads (the echo) comes after this instant.
+    let sent = Instant::now();
     assert_eq!(round_trip(&mut ws, "busy").await, "busy");
-    let quiet_from = Instant::now();
     // Then silence both ways: the proxy closes the tunnel.
     assert!(step("the idle close", ended(&mut ws)).await);
-    assert!(quiet_from.elapsed() >= Duration::from_millis(250));
+    assert!(sent.elapsed() >= Duration::from_millis(300));
     metric_becomes(&admin, "proxy_upgrades_open", 0.0).await;
 }
 

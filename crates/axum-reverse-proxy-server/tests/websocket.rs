@@ -564,3 +564,29 @@ async fn websocket_from_an_http2_client_over_h2c() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_counts_as_a_connection() {
+    let (upstream, _closes) = ws_upstream("a").await;
+    let dir = TempDir::new("ws-maxconn");
+    let path = dir.write(
+        "proxy.toml",
+        &ws_config(upstream, "[server]\nmax_connections = 1\n"),
+    );
+    let proxy = Proxy::with_config(&path);
+    let front = proxy.listener_url("web");
+    let admin = proxy.admin_url();
+    let open = "proxy_open_connections{listener=\"web\"}";
+
+    let mut ws = connect(&ws_url(&front, "/ws")).await;
+    assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+    // The socket left HTTP, but still holds its connection slot.
+    assert_eq!(metric(&admin, open).await, Some(1.0));
+    assert!(client().get(format!("{front}/")).send().await.is_err());
+
+    close(ws).await;
+    metric_becomes(&admin, "proxy_upgrades_open", 0.0).await;
+    metric_becomes(&admin, open, 0.0).await;
+    let resp = client().get(format!("{front}/ws")).send().await.unwrap();
+    assert_ne!(resp.status(), 101);
+}

@@ -590,3 +590,31 @@ async fn an_open_websocket_counts_as_a_connection() {
     let resp = client().get(format!("{front}/ws")).send().await.unwrap();
     assert_ne!(resp.status(), 101);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_through_a_balanced_pool() {
+    let (a, _closes_a) = ws_upstream("ws-a").await;
+    let (b, _closes_b) = ws_upstream("ws-b").await;
+    let dir = TempDir::new("ws-balanced");
+    let config = ws_config(a, "").replace(
+        &format!("targets = [\"http://{a}\"]"),
+        &format!("targets = [\"http://{a}\", \"http://{b}\"]\nstrategy = \"round_robin\""),
+    );
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let front = proxy.listener_url("web");
+    let admin = proxy.admin_url();
+
+    let mut first = connect(&ws_url(&front, "/ws")).await;
+    let mut second = connect(&ws_url(&front, "/ws")).await;
+    let mut seen = vec![
+        round_trip(&mut first, "who").await,
+        round_trip(&mut second, "who").await,
+    ];
+    seen.sort();
+    assert_eq!(seen, ["ws-a", "ws-b"]);
+    assert_eq!(metric(&admin, "proxy_upgrades_open").await, Some(2.0));
+    close(first).await;
+    close(second).await;
+    metric_becomes(&admin, "proxy_upgrades_open", 0.0).await;
+}

@@ -227,26 +227,36 @@ pub(crate) async fn run(
     }
     drop(server);
     let until = tokio::time::Instant::now() + deadline;
-    let connections_done = shutdown::drain(drain_rx, until).await;
     let tunnels = &shared.tunnels;
-    let open = tunnels.active();
-    if connections_done && open > 0 {
-        say(format!(
-            "waiting for {open} upgraded connection(s) (WebSocket...) to close"
-        ));
-    }
-    let tunnels_done = connections_done && shutdown::drain_tunnels(tunnels, until).await;
+    let drained = async {
+        let connections_done = shutdown::drain(drain_rx, until).await;
+        let open = tunnels.active();
+        if connections_done && open > 0 {
+            say(format!(
+                "waiting for {open} upgraded connection(s) (WebSocket...) to close"
+            ));
+        }
+        // Tunnels are counted before their 101 is sent: once the connections have
+        // drained, no new one can appear.
+        connections_done && shutdown::drain_tunnels(tunnels, until).await
+    };
+    // A second SIGTERM/SIGINT cuts the drain short.
+    let cut_short = tokio::select! {
+        done = drained => (!done).then(|| "drain deadline passed".to_owned()),
+        signal = signals.next_shutdown() => Some(format!("{signal} again")),
+    };
     // From here on, upgrades are refused (503) and what is left is closed.
     let left = tunnels.active();
     tunnels.close_all();
-    if connections_done && tunnels_done {
-        say("shutdown complete");
-    } else {
-        say(format!(
-            "drain deadline passed: closing the remaining connections ({left} upgraded)"
-        ));
-        // A closing tunnel shuts both sides down within a second; wait a little longer.
-        let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, tunnels.drained()).await;
+    match cut_short {
+        None => say("shutdown complete"),
+        Some(why) => {
+            say(format!(
+                "{why}: closing the remaining connections ({left} upgraded)"
+            ));
+            // A closing tunnel shuts both sides down within a second; wait a little longer.
+            let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, tunnels.drained()).await;
+        }
     }
     Ok(())
 }

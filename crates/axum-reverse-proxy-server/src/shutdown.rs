@@ -7,8 +7,9 @@
 //! left HTTP, so no GOAWAY reaches them: they are waited for, within the same deadline,
 //! until their peers close them. What is still open at the deadline is closed (tunnels
 //! with [`UpgradeTunnels::close_all`](axum_reverse_proxy::UpgradeTunnels::close_all),
-//! which both peers see as the connection ending), and the process exits 0. SIGHUP asks
-//! for a reload, which never closes a tunnel.
+//! which both peers see as the connection ending), and the process exits 0. A second
+//! SIGTERM/SIGINT during the drain closes everything at once. SIGHUP asks for a reload,
+//! which never closes a tunnel (and is ignored once shutdown has begun).
 
 use tokio::time::Instant;
 
@@ -45,6 +46,15 @@ impl Signals {
             _ = self.term.recv() => Event::Shutdown("SIGTERM"),
             _ = self.int.recv() => Event::Shutdown("SIGINT"),
             _ = self.hup.recv() => Event::Reload,
+        }
+    }
+
+    /// The next SIGTERM or SIGINT (SIGHUP is ignored: no reload during shutdown).
+    pub(crate) async fn next_shutdown(&mut self) -> &'static str {
+        loop {
+            if let Event::Shutdown(signal) = self.next().await {
+                return signal;
+            }
         }
     }
 }

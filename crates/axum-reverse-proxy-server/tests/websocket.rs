@@ -618,3 +618,41 @@ async fn websockets_through_a_balanced_pool() {
     close(second).await;
     metric_becomes(&admin, "proxy_upgrades_open", 0.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_closes_websockets_at_once() {
+    let (upstream, _closes) = ws_upstream("a").await;
+    let dir = TempDir::new("ws-term-twice");
+    let path = dir.write(
+        "proxy.toml",
+        &ws_config(upstream, "[server]\nshutdown_timeout = \"1h\"\n"),
+    );
+    let proxy = Proxy::with_config(&path);
+    let front = proxy.listener_url("web");
+
+    let mut ws = connect(&ws_url(&front, "/ws")).await;
+    assert_eq!(round_trip(&mut ws, "before").await, "before");
+    proxy.signal("TERM");
+    let (proxy, _) = proxy
+        .wait_line_async(|l| l.starts_with("waiting for 1 upgraded connection"))
+        .await;
+    assert_eq!(round_trip(&mut ws, "during").await, "during");
+    proxy.signal("TERM");
+    assert!(step("the socket closed by the proxy", ended(&mut ws)).await);
+    let (proxy, status) = tokio::task::spawn_blocking(move || {
+        let mut proxy = proxy;
+        let status = proxy.wait_exit();
+        (proxy, status)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    assert!(
+        proxy
+            .seen
+            .iter()
+            .any(|l| l == "SIGTERM again: closing the remaining connections (1 upgraded)"),
+        "{:?}",
+        proxy.seen
+    );
+}

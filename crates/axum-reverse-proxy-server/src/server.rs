@@ -5,7 +5,8 @@
 //! `admin on URL`), then `ready`, so that scripts and tests can read the real addresses
 //! when a config asks for port 0. At shutdown it prints `… shutting down …`, then
 //! `waiting for N upgraded connection(s) …` if WebSockets are still open once HTTP has
-//! drained, then `shutdown complete` or `drain deadline passed: …`.
+//! drained, then `shutdown complete`, `drain deadline passed: …` or (a second signal)
+//! `SIGTERM again: …`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -11,7 +11,10 @@
 //!   with the same settings, discovery started at once.
 //!
 //! Every kind is wrapped in a [`RetryLayer`] when retries are configured, and keeps a
-//! handle that `/upstreams` and `/metrics` read endpoint state from.
+//! handle that `/upstreams` and `/metrics` read endpoint state from. Every kind proxies
+//! WebSockets and other upgrades, with the pool's `websocket_connect_timeout` and
+//! `upgrade_idle_timeout`, and counts its tunnels in the server's one [`UpgradeTunnels`]
+//! handle (given to [`build_upstream`]), so that `/metrics` and shutdown see them all.
 
 use std::convert::Infallible;
 use std::future::Future;

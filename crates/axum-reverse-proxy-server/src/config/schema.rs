@@ -47,7 +47,7 @@ pub(crate) struct Config {
 pub(crate) struct ServerConfig {
     /// Runtime worker threads; absent means one per core. Read at start only.
     pub(crate) workers: Option<Spanned<usize>>,
-    /// How long shutdown waits for in-flight requests before closing.
+    /// How long shutdown waits for in-flight requests and open WebSockets before closing.
     pub(crate) shutdown_timeout: Interval,
     /// Largest request head (request line and headers) accepted.
     pub(crate) max_header_bytes: Spanned<ByteSize>,

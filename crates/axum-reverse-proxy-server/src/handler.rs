@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum_reverse_proxy::TunnelGuard;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
@@ -16,6 +17,7 @@ use tracing::Instrument;
 
 use crate::access_log::{Counted, Entry, Logged};
 use crate::config::HeaderRules;
+use crate::listener::http::ConnSlot;
 use crate::routes::strip;
 use crate::server::Shared;
 use crate::upstream::Attempts;
@@ -30,6 +32,8 @@ pub(crate) struct ConnInfo {
     /// The connection is TLS: requests are `https` for forwarding headers.
     pub(crate) tls: bool,
     pub(crate) activity: Arc<Activity>,
+    /// Held by the connection, and by the tunnel of an upgrade made on it.
+    pub(crate) slot: Arc<ConnSlot>,
 }
 
 /// Requests in flight on a connection and when it was last busy, for the idle timeout.
@@ -200,6 +204,11 @@ where
             route.request_headers.apply(&mut parts.headers);
             parts.extensions.insert(ConnectInfo(conn.peer));
             parts.extensions.insert(Attempts::default());
+            if may_upgrade(&parts) {
+                // An upgraded connection leaves hyper, which lets go of the connection's
+                // slot: the tunnel holds it instead until it closes.
+                parts.extensions.insert(TunnelGuard::new(conn.slot.clone()));
+            }
             let body = Body::new(Counted {
                 inner: body,
                 count: bytes_in.clone(),
@@ -240,6 +249,12 @@ where
         bytes_out: 0,
     };
     response.map(|body| Logged::wrap(body, entry, shared.access_log.clone(), in_flight))
+}
+
+/// Whether the request asks for an upgrade (HTTP/1.1 `Upgrade`, or an HTTP/2 CONNECT);
+/// the proxy decides whether it really is one.
+fn may_upgrade(parts: &http::request::Parts) -> bool {
+    parts.method == http::Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE)
 }
 
 /// Give an origin-form request on a TLS connection the `https` scheme (and its Host as

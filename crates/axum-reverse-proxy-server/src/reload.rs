@@ -6,6 +6,10 @@
 //! in. If any step fails the old snapshot keeps serving and the error is logged.
 //! Requests read the snapshot once, when they arrive, so requests in flight, streaming
 //! responses and upgraded connections finish on the configuration they started with.
+//! A reload never closes an upgraded tunnel (WebSocket…): once spliced, a tunnel is a
+//! task of its own that needs nothing from the snapshot, and all pools of all
+//! generations count their tunnels in the one process-wide `UpgradeTunnels` handle
+//! that `/metrics` reads and shutdown drains.
 //! A pool whose configuration did not change is carried over as built, with its
 //! connection pool and its endpoints' state (health, ejections, latency estimates,
 //! discovery task).
@@ -14,6 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use axum_reverse_proxy::UpgradeTunnels;
 
 use crate::admin::metrics::Metrics;
 use crate::config::{self, ConfigError, ConfigErrors, Loaded, normalize_prefix};
@@ -45,11 +51,13 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Build everything `loaded` describes, reusing unchanged pools of `previous`.
+    /// Build everything `loaded` describes, reusing unchanged pools of `previous`. Every
+    /// pool counts its upgraded tunnels in `tunnels`.
     pub(crate) fn build(
         loaded: Loaded,
         previous: Option<&Snapshot>,
         metrics: &Arc<Metrics>,
+        tunnels: &UpgradeTunnels,
     ) -> Result<Snapshot, ConfigErrors> {
         let cfg = &loaded.config;
         let mut errors: Vec<ConfigError> = Vec::new();
@@ -65,7 +73,7 @@ impl Snapshot {
                 Some(built) => {
                     pools.insert(name.clone(), built.clone());
                 }
-                None => match build_upstream(name, pool, &cfg.server, metrics) {
+                None => match build_upstream(name, pool, &cfg.server, metrics, tunnels) {
                     Ok(built) => {
                         pools.insert(name.clone(), Arc::new(built));
                     }
@@ -193,8 +201,16 @@ pool = "changed"
     #[tokio::test]
     async fn unchanged_pools_are_carried_over() {
         let metrics = Arc::new(Metrics::new());
-        let first = Snapshot::build(loaded("http://127.0.0.1:2"), None, &metrics).unwrap();
-        let second = Snapshot::build(loaded("http://127.0.0.1:3"), Some(&first), &metrics).unwrap();
+        let tunnels = UpgradeTunnels::new();
+        let first =
+            Snapshot::build(loaded("http://127.0.0.1:2"), None, &metrics, &tunnels).unwrap();
+        let second = Snapshot::build(
+            loaded("http://127.0.0.1:3"),
+            Some(&first),
+            &metrics,
+            &tunnels,
+        )
+        .unwrap();
         assert_eq!(second.generation, 2);
         assert!(Arc::ptr_eq(&first.pools["kept"], &second.pools["kept"]));
         assert!(!Arc::ptr_eq(

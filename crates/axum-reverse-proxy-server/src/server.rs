@@ -3,7 +3,10 @@
 //!
 //! The process prints one line per bound socket on stdout (`listener NAME on URL`,
 //! `admin on URL`), then `ready`, so that scripts and tests can read the real addresses
-//! when a config asks for port 0.
+//! when a config asks for port 0. At shutdown it prints `… shutting down …`, then
+//! `waiting for N upgraded connection(s) …` if WebSockets are still open once HTTP has
+//! drained, then `shutdown complete`, `drain deadline passed: …` or (a second signal)
+//! `SIGTERM again: …`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum_reverse_proxy::UpgradeTunnels;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::access_log::AccessLog;
@@ -33,6 +37,10 @@ pub(crate) struct Shared {
     /// Becomes `true` when shutdown starts.
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) draining: AtomicBool,
+    /// The upgraded tunnels (WebSockets…) of every pool of every configuration
+    /// generation: one handle for the process, so that `/metrics` counts across reloads
+    /// and shutdown drains them all. Reloads never close them.
+    pub(crate) tunnels: UpgradeTunnels,
 }
 
 /// Why the server could not start or run.
@@ -51,6 +59,9 @@ pub(crate) struct Started {
     pub(crate) admin: Option<SocketAddr>,
 }
 
+/// How long closed tunnels may take to shut their sockets down at the drain deadline.
+const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 fn say(line: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", line.as_ref());
@@ -59,7 +70,13 @@ fn say(line: impl AsRef<str>) {
 
 /// Build `loaded` without running it (`--check`).
 pub(crate) fn check(loaded: Loaded) -> Result<(), ConfigErrors> {
-    Snapshot::build(loaded, None, &Arc::new(Metrics::new())).map(|_| ())
+    Snapshot::build(
+        loaded,
+        None,
+        &Arc::new(Metrics::new()),
+        &UpgradeTunnels::new(),
+    )
+    .map(|_| ())
 }
 
 /// Run `loaded` until SIGTERM/SIGINT. `path` enables reloads from that file. `banner`
@@ -72,7 +89,8 @@ pub(crate) async fn run(
     let mut signals = Signals::install()
         .map_err(|e| RunError::Runtime(format!("cannot install signal handlers: {e}")))?;
     let metrics = Arc::new(Metrics::new());
-    let snapshot = Snapshot::build(loaded, None, &metrics).map_err(RunError::Config)?;
+    let tunnels = UpgradeTunnels::new();
+    let snapshot = Snapshot::build(loaded, None, &metrics, &tunnels).map_err(RunError::Config)?;
     let cfg = snapshot.loaded.config.clone();
 
     let log_path = snapshot
@@ -131,6 +149,7 @@ pub(crate) async fn run(
         conn_limit: Arc::new(Semaphore::new(*cfg.server.max_connections.get_ref())),
         shutdown: shutdown_rx,
         draining: AtomicBool::new(false),
+        tunnels,
     });
 
     let (drain_tx, drain_rx) = mpsc::channel::<()>(1);
@@ -208,10 +227,37 @@ pub(crate) async fn run(
         r.stop().await;
     }
     drop(server);
-    if shutdown::drain(drain_rx, deadline).await {
-        say("shutdown complete");
-    } else {
-        say("drain deadline passed: closing the remaining connections");
+    let until = tokio::time::Instant::now() + deadline;
+    let tunnels = &shared.tunnels;
+    let drained = async {
+        let connections_done = shutdown::drain(drain_rx, until).await;
+        let open = tunnels.active();
+        if connections_done && open > 0 {
+            say(format!(
+                "waiting for {open} upgraded connection(s) (WebSocket...) to close"
+            ));
+        }
+        // Tunnels are counted before their 101 is sent: once the connections have
+        // drained, no new one can appear.
+        connections_done && shutdown::drain_tunnels(tunnels, until).await
+    };
+    // A second SIGTERM/SIGINT cuts the drain short.
+    let cut_short = tokio::select! {
+        done = drained => (!done).then(|| "drain deadline passed".to_owned()),
+        signal = signals.next_shutdown() => Some(format!("{signal} again")),
+    };
+    // From here on, upgrades are refused (503) and what is left is closed.
+    let left = tunnels.active();
+    tunnels.close_all();
+    match cut_short {
+        None => say("shutdown complete"),
+        Some(why) => {
+            say(format!(
+                "{why}: closing the remaining connections ({left} upgraded)"
+            ));
+            // A closing tunnel shuts both sides down within a second; wait a little longer.
+            let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, tunnels.drained()).await;
+        }
     }
     Ok(())
 }
@@ -261,8 +307,13 @@ impl Server {
         current: &Snapshot,
     ) -> Result<u64, String> {
         let loaded = config::load(path).map_err(|e| e.to_string())?;
-        let snapshot = Snapshot::build(loaded, Some(current), &self.shared.metrics)
-            .map_err(|e| e.to_string())?;
+        let snapshot = Snapshot::build(
+            loaded,
+            Some(current),
+            &self.shared.metrics,
+            &self.shared.tunnels,
+        )
+        .map_err(|e| e.to_string())?;
         let old = &current.loaded.config;
         let new = &snapshot.loaded.config;
         let mut at_restart = Vec::new();

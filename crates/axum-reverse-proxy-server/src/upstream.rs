@@ -11,7 +11,10 @@
 //!   with the same settings, discovery started at once.
 //!
 //! Every kind is wrapped in a [`RetryLayer`] when retries are configured, and keeps a
-//! handle that `/upstreams` and `/metrics` read endpoint state from.
+//! handle that `/upstreams` and `/metrics` read endpoint state from. Every kind proxies
+//! WebSockets and other upgrades, with the pool's `websocket_connect_timeout` and
+//! `upgrade_idle_timeout`, and counts its tunnels in the server's one [`UpgradeTunnels`]
+//! handle (given to [`build_upstream`]), so that `/metrics` and shutdown see them all.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,7 +32,7 @@ use axum_reverse_proxy::discover::{
 use axum_reverse_proxy::{
     BalancedProxy, DiscoverableBalancedProxy, DnsDiscoveryConfig as LibDnsConfig, EndpointStats,
     HashKey, HealthCheck, HostBehaviour, LoadBalancingStrategy, OutlierDetection, ProxyPolicy,
-    RetryLayer, ReverseProxy, TrustedProxies, XForwardedFor,
+    RetryLayer, ReverseProxy, TrustedProxies, UpgradeTunnels, XForwardedFor,
 };
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::proto::xfer::Protocol;
@@ -126,18 +129,20 @@ pub(crate) fn build_upstream(
     pool: &PoolConfig,
     server: &ServerConfig,
     metrics: &Arc<Metrics>,
+    tunnels: &UpgradeTunnels,
 ) -> Result<BuiltPool, BuildError> {
     let key = format!("pools.{name}");
     let retries = metrics.retries_for(name);
+    let policy = policy(pool, server).with_upgrade_tunnels(tunnels.clone());
     let (service, endpoints) = if let Some(d) = &pool.discovery {
-        discovered(&key, d, pool, server, retries)?
+        discovered(&key, d, pool, policy, retries)?
     } else if pool.targets.len() == 1
         && pool.health_check.is_none()
         && pool.outlier_detection.is_none()
     {
-        single(&key, pool, server, retries)?
+        single(&key, pool, policy, retries)?
     } else {
-        balanced(&key, pool, server, retries)?
+        balanced(&key, pool, policy, retries)?
     };
     Ok(BuiltPool {
         config: pool.clone(),
@@ -172,7 +177,7 @@ type Counter = prometheus_client::metrics::counter::Counter;
 fn single(
     key: &str,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Result<Built, BuildError> {
     let Some(target) = pool.targets.first() else {
@@ -185,7 +190,7 @@ fn single(
         message: err.to_string(),
         hint: "write an absolute http:// or https:// URL with a host".to_owned(),
     })?;
-    let proxy = proxy.with_policy(policy(pool, server));
+    let proxy = proxy.with_policy(policy);
     Ok((
         finish(proxy, pool, retries),
         EndpointSource::Single {
@@ -206,11 +211,11 @@ fn no_targets(key: &str) -> BuildError {
 
 /// Apply the settings every balancer shares (both kinds have the same builders).
 macro_rules! configure {
-    ($proxy:expr, $pool:expr, $server:expr) => {{
+    ($proxy:expr, $pool:expr, $policy:expr) => {{
         let pool: &PoolConfig = $pool;
         let mut proxy = $proxy
             .with_strategy(strategy(*pool.strategy.get_ref()))
-            .with_policy(policy(pool, $server))
+            .with_policy($policy)
             .with_outlier_detection(outliers(
                 pool.outlier_detection.as_ref().map(|o| o.get_ref()),
             ));
@@ -227,7 +232,7 @@ macro_rules! configure {
 fn balanced(
     key: &str,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Result<Built, BuildError> {
     if pool.targets.is_empty() {
@@ -256,7 +261,7 @@ fn balanced(
         hint: "write absolute http:// or https:// URLs with a host".to_owned(),
     })?;
     let proxy = proxy.with_weights(pool.targets.iter().map(|t| t.get_ref().weight));
-    let proxy = configure!(proxy, pool, server);
+    let proxy = configure!(proxy, pool, policy);
     proxy.start_health_checks();
     let read = {
         let proxy = proxy.clone();
@@ -275,7 +280,7 @@ fn discovered(
     key: &str,
     d: &toml::Spanned<DiscoveryConfig>,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Result<Built, BuildError> {
     let dkey = format!("{key}.discovery");
@@ -294,7 +299,7 @@ fn discovered(
                     "list name servers with servers = [\"10.0.0.2:53\"] if the system has no resolver configuration",
                 )
             })?;
-            Ok(start_discovery(source, "dns", pool, server, retries))
+            Ok(start_discovery(source, "dns", pool, policy, retries))
         }
         (None, Some(etcd)) => {
             if etcd.username.is_some() || etcd.password.is_some() {
@@ -311,7 +316,7 @@ fn discovered(
                     "write endpoints = [\"http://127.0.0.1:2379\"]",
                 )
             })?;
-            Ok(start_discovery(source, "etcd", pool, server, retries))
+            Ok(start_discovery(source, "etcd", pool, policy, retries))
         }
         _ => Err(failed(
             dkey,
@@ -325,7 +330,7 @@ fn start_discovery<D>(
     source: D,
     kind: &'static str,
     pool: &PoolConfig,
-    server: &ServerConfig,
+    policy: ProxyPolicy,
     retries: Counter,
 ) -> Built
 where
@@ -335,7 +340,7 @@ where
     D::Error: std::fmt::Debug + Send,
 {
     let proxy = DiscoverableBalancedProxy::new("/", source);
-    let proxy = configure!(proxy, pool, server);
+    let proxy = configure!(proxy, pool, policy);
     // `start_discovery` only spawns its task (it never waits), so one poll completes it;
     // this keeps pool building synchronous.
     let started = {
@@ -465,6 +470,12 @@ fn policy(pool: &PoolConfig, server: &ServerConfig) -> ProxyPolicy {
     if let Some(timeout) = pool.timeout {
         policy = policy.with_upstream_timeout(timeout.0);
     }
+    if let Some(timeout) = pool.websocket_connect_timeout {
+        policy = policy.with_websocket_connect_timeout(timeout.0);
+    }
+    if let Some(timeout) = pool.upgrade_idle_timeout {
+        policy = policy.with_upgrade_idle_timeout(timeout.0);
+    }
     let limit = match (server.max_body_bytes, pool.max_body_bytes) {
         (Some(a), Some(b)) => Some(a.0.min(b.0)),
         (a, b) => a.or(b).map(|x| x.0),
@@ -531,6 +542,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config;
 
@@ -541,7 +554,13 @@ mod tests {
         let loaded = config::parse("t.toml", toml, ".".into(), false).unwrap();
         let cfg = &loaded.config;
         let (_, p) = cfg.pools.iter().next().unwrap();
-        build_upstream("p", p, &cfg.server, &Arc::new(Metrics::new()))
+        build_upstream(
+            "p",
+            p,
+            &cfg.server,
+            &Arc::new(Metrics::new()),
+            &UpgradeTunnels::new(),
+        )
     }
 
     #[tokio::test]
@@ -581,6 +600,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(etcd.kind(), "etcd");
+    }
+
+    /// The policy built for pool `p` with `keys` in its table.
+    fn policy_for(keys: &str) -> ProxyPolicy {
+        let toml = format!(
+            "[listeners.web]\naddress = \"127.0.0.1:0\"\n[[routes]]\nprefix = \"/\"\npool = \"p\"\n[pools.p]\ntargets = [\"http://127.0.0.1:1\"]\n{keys}"
+        );
+        let loaded = config::parse("t.toml", toml, ".".into(), false).unwrap();
+        let cfg = &loaded.config;
+        let (_, p) = cfg.pools.iter().next().unwrap();
+        policy(p, &cfg.server)
+    }
+
+    #[test]
+    fn upgrade_settings_reach_the_policy() {
+        let set = policy_for("websocket_connect_timeout = \"3s\"\nupgrade_idle_timeout = \"5m\"\n");
+        assert_eq!(set.websocket_connect_timeout, Duration::from_secs(3));
+        assert_eq!(set.upgrade_idle_timeout, Some(Duration::from_secs(300)));
+        let unset = policy_for("");
+        assert_eq!(
+            unset.websocket_connect_timeout,
+            ProxyPolicy::new().websocket_connect_timeout
+        );
+        assert_eq!(unset.upgrade_idle_timeout, None);
     }
 
     #[test]

@@ -15,10 +15,15 @@
 //! | `proxy_upstream_endpoint_pending` | pool, endpoint | requests in flight |
 //! | `proxy_upstream_endpoint_rtt_seconds` | pool, endpoint | peak-EWMA latency estimate |
 //! | `proxy_upstream_endpoint_weight` | pool, endpoint | configured weight |
+//! | `proxy_upgrades_open` | | upgraded connections (WebSockets…) open now |
+//! | `proxy_upgrades_total` | | upgraded connections opened |
+//! | `proxy_upgrade_bytes_total` | direction (`to_upstream`, `to_client`) | bytes carried by upgraded connections that have closed |
 //!
 //! The endpoint gauges are filled at scrape time from the active pools
 //! ([`Metrics::refresh_endpoints`]), so they always show the endpoints of the running
-//! configuration and nothing that a reload or discovery removed.
+//! configuration and nothing that a reload or discovery removed. The upgrade metrics are
+//! read at scrape time from the process-wide `UpgradeTunnels` handle, which every pool
+//! of every configuration generation counts its tunnels in.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,7 +37,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use axum_reverse_proxy::UpgradeTunnels;
+
 use crate::upstream::BuiltPool;
+
+/// Raise `counter` to `to` (never lower it).
+fn advance(counter: &Counter, to: u64) {
+    let now = counter.get();
+    if to > now {
+        counter.inc_by(to - now);
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
@@ -64,6 +79,11 @@ pub(crate) struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabels {
+    pub(crate) direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabels {
     pub(crate) result: &'static str,
 }
@@ -90,6 +110,9 @@ pub(crate) struct Metrics {
     endpoint_pending: Family<EndpointLabels, Gauge>,
     endpoint_rtt: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     endpoint_weight: Family<EndpointLabels, Gauge>,
+    upgrades_open: Gauge,
+    upgrades_total: Counter,
+    upgrade_bytes: Family<DirectionLabels, Counter>,
     /// Serialises scrapes, so two of them never interleave clearing and filling the
     /// endpoint gauges. Only the admin listener takes it.
     scrape: Mutex<()>,
@@ -170,8 +193,29 @@ impl Metrics {
             "Configured weight of the endpoint",
             endpoint_weight.clone(),
         );
+        let upgrades_open = Gauge::default();
+        let upgrades_total = Counter::default();
+        let upgrade_bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "proxy_upgrades_open",
+            "Upgraded connections (WebSockets and other Upgrade tunnels) open now",
+            upgrades_open.clone(),
+        );
+        registry.register(
+            "proxy_upgrades",
+            "Upgraded connections opened",
+            upgrades_total.clone(),
+        );
+        registry.register(
+            "proxy_upgrade_bytes",
+            "Bytes carried by upgraded connections that have closed, by direction",
+            upgrade_bytes.clone(),
+        );
         Metrics {
             registry,
+            upgrades_open,
+            upgrades_total,
+            upgrade_bytes,
             endpoint_healthy,
             endpoint_ejected,
             endpoint_pending,
@@ -221,14 +265,35 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, with the endpoint gauges of `pools` as they are now.
-    pub(crate) fn encode_with(&self, pools: &BTreeMap<String, Arc<BuiltPool>>) -> String {
+    /// The text exposition, with the endpoint gauges of `pools` and the tunnel counts of
+    /// `tunnels` as they are now.
+    pub(crate) fn encode_with(
+        &self,
+        pools: &BTreeMap<String, Arc<BuiltPool>>,
+        tunnels: &UpgradeTunnels,
+    ) -> String {
         let _scrape = self
             .scrape
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refresh_endpoints(pools);
+        self.refresh_upgrades(tunnels);
         self.encode()
+    }
+
+    /// Bring the upgrade metrics up to `tunnels`' counters. The counters only grow, so
+    /// each is advanced by what it lacks (scrapes are serialised by the caller).
+    fn refresh_upgrades(&self, tunnels: &UpgradeTunnels) {
+        self.upgrades_open
+            .set(i64::try_from(tunnels.active()).unwrap_or(i64::MAX));
+        advance(&self.upgrades_total, tunnels.total());
+        let bytes = |direction| {
+            self.upgrade_bytes
+                .get_or_create(&DirectionLabels { direction })
+                .clone()
+        };
+        advance(&bytes("to_upstream"), tunnels.bytes_to_upstream());
+        advance(&bytes("to_client"), tunnels.bytes_to_client());
     }
 
     /// Replace the endpoint gauges by the state of `pools`' endpoints now.

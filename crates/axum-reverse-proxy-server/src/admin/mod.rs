@@ -33,7 +33,9 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.encode_with(&shared.active.load().pools),
+        shared
+            .metrics
+            .encode_with(&shared.active.load().pools, &shared.tunnels),
     )
         .into_response()
 }

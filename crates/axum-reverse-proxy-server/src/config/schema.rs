@@ -47,7 +47,7 @@ pub(crate) struct Config {
 pub(crate) struct ServerConfig {
     /// Runtime worker threads; absent means one per core. Read at start only.
     pub(crate) workers: Option<Spanned<usize>>,
-    /// How long shutdown waits for in-flight requests before closing.
+    /// How long shutdown waits for in-flight requests and open WebSockets before closing.
     pub(crate) shutdown_timeout: Interval,
     /// Largest request head (request line and headers) accepted.
     pub(crate) max_header_bytes: Spanned<ByteSize>,
@@ -255,6 +255,14 @@ pub(crate) struct PoolConfig {
     /// Largest request body forwarded to this pool (413 beyond).
     #[serde(default)]
     pub(crate) max_body_bytes: Option<ByteSize>,
+    /// Deadline for the upstream's answer to a WebSocket/upgrade handshake (504 beyond);
+    /// 5 s by default (or `timeout` if shorter).
+    #[serde(default)]
+    pub(crate) websocket_connect_timeout: Option<Interval>,
+    /// Close an upgraded tunnel (WebSocket…) after this long without a byte either way;
+    /// none by default.
+    #[serde(default)]
+    pub(crate) upgrade_idle_timeout: Option<Interval>,
     /// `Host` sent upstream: `replace` (the target's) or `preserve` (the client's).
     #[serde(default)]
     pub(crate) host: HostMode,

@@ -495,6 +495,26 @@ fn check_pool(
             "remove the key for no deadline",
         ));
     }
+    if let Some(t) = pool.websocket_connect_timeout
+        && t.0.is_zero()
+    {
+        errors.push(loc.error(
+            &name.span(),
+            format!("{key}.websocket_connect_timeout"),
+            "must be longer than 0 (every WebSocket handshake would time out)",
+            "remove the key for the default of 5s",
+        ));
+    }
+    if let Some(t) = pool.upgrade_idle_timeout
+        && t.0.is_zero()
+    {
+        errors.push(loc.error(
+            &name.span(),
+            format!("{key}.upgrade_idle_timeout"),
+            "must be longer than 0 (every WebSocket would be closed at once)",
+            "remove the key to keep idle WebSockets open, or use e.g. \"5m\" (above the application's ping interval)",
+        ));
+    }
     if let TrustedProxiesConfig::List(list) = pool.trusted_proxies.get_ref()
         && let Err(err) = TrustedProxies::list(list)
     {
@@ -662,13 +682,27 @@ fn header_rules(rules: &HeaderRules, key: &str, loc: &Locator<'_>, errors: &mut 
         .chain(rules.add.keys().map(|n| ("add", n)))
         .chain(rules.remove.iter().map(|n| ("remove", n)));
     for (op, n) in names {
-        if HeaderName::from_bytes(n.get_ref().as_bytes()).is_err() {
-            errors.push(loc.error(
+        match HeaderName::from_bytes(n.get_ref().as_bytes()) {
+            Err(_) => errors.push(loc.error(
                 &n.span(),
                 format!("{key}.{op}"),
                 format!("`{}` is not a header name", n.get_ref()),
                 "header names are tokens such as \"x-request-source\"",
-            ));
+            )),
+            // The proxy manages these: changing them would break WebSocket and other
+            // upgrades (and keep-alive) on the route.
+            Ok(name) if name == http::header::CONNECTION || name == http::header::UPGRADE => {
+                errors.push(loc.error(
+                    &n.span(),
+                    format!("{key}.{op}"),
+                    format!(
+                        "`{}` is a hop-by-hop header the proxy manages (WebSocket upgrades need it)",
+                        n.get_ref()
+                    ),
+                    "remove this entry",
+                ));
+            }
+            Ok(_) => {}
         }
     }
     for v in rules.set.values().chain(rules.add.values()) {

@@ -19,9 +19,11 @@ use super::Settings;
 use crate::admin::metrics::ListenerLabels;
 use crate::handler::{self, Activity, ConnInfo};
 use crate::server::Shared;
+use prometheus_client::metrics::gauge::Gauge;
 
-/// Serve one accepted connection. `hold` (the connection-limit permit and the drain
-/// token) is released when the connection is over.
+/// Serve one accepted connection. The drain token in `hold` is released when the
+/// connection is over; the connection-limit permit (and the open-connections gauge) when
+/// the connection is over and, if it was upgraded (WebSocket…), its tunnel has closed.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: Arc<str>,
@@ -38,7 +40,8 @@ pub(crate) async fn serve(
         .open_connections
         .get_or_create(&labels)
         .clone();
-    gauge.inc();
+    let (permit, drain_token) = hold;
+    let slot = Arc::new(ConnSlot::new(permit, gauge));
     let limits = {
         let snapshot = shared.active.load();
         let s = &snapshot.loaded.config.server;
@@ -48,22 +51,54 @@ pub(crate) async fn serve(
             header_bytes: s.max_header_bytes.get_ref().0,
         }
     };
+    let info = |tls| {
+        Arc::new(ConnInfo {
+            listener,
+            peer,
+            tls,
+            activity: Arc::new(Activity::new()),
+            slot,
+        })
+    };
     match &settings.tls {
-        None => run(shared, listener, settings.http2, false, limits, tcp, peer).await,
+        None => run(shared, info(false), settings.http2, limits, tcp).await,
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let http2 = settings.http2 || h2;
-                    run(shared, listener, http2, true, limits, stream, peer).await;
+                    run(shared, info(true), http2, limits, stream).await;
                 }
                 Ok(Err(err)) => tracing::debug!(%peer, "TLS handshake failed: {err}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
     }
-    gauge.dec();
-    drop(hold);
+    drop(drain_token);
+}
+
+/// A connection's place in `server.max_connections` and in the open-connections gauge,
+/// shared by the connection and by the tunnel of an upgrade made on it (so that a
+/// WebSocket counts as the connection it is until it closes).
+pub(crate) struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl ConnSlot {
+    fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> ConnSlot {
+        gauge.inc();
+        ConnSlot {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 struct Limits {
@@ -72,24 +107,12 @@ struct Limits {
     header_bytes: u64,
 }
 
-async fn run<I>(
-    shared: Arc<Shared>,
-    listener: Arc<str>,
-    http2: bool,
-    tls: bool,
-    limits: Limits,
-    io: I,
-    peer: SocketAddr,
-) where
+async fn run<I>(shared: Arc<Shared>, conn_info: Arc<ConnInfo>, http2: bool, limits: Limits, io: I)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
-    let conn_info = Arc::new(ConnInfo {
-        listener,
-        peer,
-        tls,
-        activity: activity.clone(),
-    });
+    let activity = conn_info.activity.clone();
+    let peer = conn_info.peer;
     let handler_shared = shared.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let shared = handler_shared.clone();
@@ -103,6 +126,8 @@ async fn run<I>(
         .max(8192);
     if !http2 {
         // `auto::Builder::http1_only` is ignored with upgrades enabled: use hyper's own.
+        // `with_upgrades` keeps the socket alive for a 101 (WebSocket…): the connection
+        // future then ends and the proxy's tunnel owns the socket.
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -134,7 +159,9 @@ async fn run<I>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX))
+        // RFC 8441: WebSockets from HTTP/2 clients, as extended CONNECT streams.
+        .enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     drive(

@@ -3,37 +3,10 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::routing::get;
+use axum::body::Bytes;
 use common::{Proxy, TempDir, client, echo};
-use tokio::sync::mpsc;
-
-/// An upstream whose `/stream` response body is driven by the test: each `Bytes` sent on
-/// the returned channel becomes a chunk; dropping the sender ends the body.
-async fn streaming() -> (SocketAddr, mpsc::Sender<Bytes>) {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let app = Router::new().route(
-        "/stream",
-        get(move || {
-            let rx = rx.lock().unwrap().take();
-            async move {
-                let Some(rx) = rx else {
-                    return Body::from("stream already taken");
-                };
-                Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-                }))
-            }
-        }),
-    );
-    (common::serve(app).await, tx)
-}
 
 fn config(stream: SocketAddr, root: SocketAddr) -> String {
     format!(
@@ -64,23 +37,16 @@ pool = "root"
     )
 }
 
-async fn upstream_of(url: &str) -> String {
-    let resp = client().get(url).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    body["upstream"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_routes_and_keeps_streams() {
-    let (stream_addr, chunks) = streaming().await;
+    let (stream_addr, chunks) = common::driven_stream("/stream").await;
     let a = echo("a").await;
     let b = echo("b").await;
     let dir = TempDir::new("reload");
     let path = dir.write("proxy.toml", &config(stream_addr, a));
     let proxy = Proxy::with_config(&path);
     let front = proxy.listener_url("web");
-    assert_eq!(upstream_of(&format!("{front}/x")).await, "a");
+    assert_eq!(common::upstream_of(&format!("{front}/x")).await, "a");
 
     // A streaming response is in flight across the reloads below.
     let mut streaming = client()
@@ -96,7 +62,7 @@ async fn reload_swaps_routes_and_keeps_streams() {
     dir.write("proxy.toml", &config(stream_addr, b));
     proxy.signal("HUP");
     let (proxy, _) = proxy.wait_line_async(|l| l.starts_with("reloaded:")).await;
-    assert_eq!(upstream_of(&format!("{front}/x")).await, "b");
+    assert_eq!(common::upstream_of(&format!("{front}/x")).await, "b");
 
     // An invalid file: the error is logged with its line, b keeps serving.
     dir.write(
@@ -107,7 +73,7 @@ async fn reload_swaps_routes_and_keeps_streams() {
     let (proxy, _) = proxy
         .wait_line_async(|l| l.starts_with("reload failed"))
         .await;
-    assert_eq!(upstream_of(&format!("{front}/x")).await, "b");
+    assert_eq!(common::upstream_of(&format!("{front}/x")).await, "b");
     let stderr = proxy.stderr();
     assert!(
         stderr.contains("proxy.toml:6:1: `access_log.bogus`: unknown field"),
@@ -117,7 +83,7 @@ async fn reload_swaps_routes_and_keeps_streams() {
     // A change to the file alone (no signal) is noticed by polling.
     dir.write("proxy.toml", &config(stream_addr, a));
     let (proxy, _) = proxy.wait_line_async(|l| l.starts_with("reloaded:")).await;
-    assert_eq!(upstream_of(&format!("{front}/x")).await, "a");
+    assert_eq!(common::upstream_of(&format!("{front}/x")).await, "a");
 
     // The stream started before all this is still up and ends normally.
     chunks.send(Bytes::from_static(b"two;")).await.unwrap();
@@ -163,14 +129,14 @@ async fn reload_adds_and_removes_listeners() {
         .await;
     let (proxy, _) = proxy.wait_line_async(|l| l.starts_with("reloaded:")).await;
     let second = proxy.listener_url("second");
-    assert_eq!(upstream_of(&format!("{second}/")).await, "a");
+    assert_eq!(common::upstream_of(&format!("{second}/")).await, "a");
     // The unchanged listener kept its socket.
-    assert_eq!(upstream_of(&format!("{web}/")).await, "a");
+    assert_eq!(common::upstream_of(&format!("{web}/")).await, "a");
 
     dir.write("proxy.toml", &base);
     proxy.signal("HUP");
     let (_proxy, _) = proxy.wait_line_async(|l| l.starts_with("reloaded:")).await;
-    assert_eq!(upstream_of(&format!("{web}/")).await, "a");
+    assert_eq!(common::upstream_of(&format!("{web}/")).await, "a");
     assert!(
         client().get(format!("{second}/")).send().await.is_err(),
         "the removed listener still accepts"

@@ -3,40 +3,12 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::routing::get;
+use axum::body::Bytes;
 use common::{Proxy, TempDir, client};
-use tokio::sync::mpsc;
-
-/// An upstream whose `/slow` body is driven by the test through the returned sender.
-async fn slow() -> (SocketAddr, mpsc::Sender<Bytes>) {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let app = Router::new().route(
-        "/slow",
-        get(move || {
-            let rx = rx.lock().unwrap().take();
-            async move {
-                let Some(rx) = rx else {
-                    return Body::from("taken");
-                };
-                Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-                }))
-            }
-        }),
-    );
-    (common::serve(app).await, tx)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_request_in_flight_then_exits_0() {
-    let (upstream, chunks) = slow().await;
+    let (upstream, chunks) = common::driven_stream("/slow").await;
     let dir = TempDir::new("shutdown");
     let path = dir.write("proxy.toml", &common::simple_config(upstream, ""));
     let proxy = Proxy::with_config(&path);
@@ -74,7 +46,7 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_deadline_bounds_shutdown() {
-    let (upstream, chunks) = slow().await;
+    let (upstream, chunks) = common::driven_stream("/slow").await;
     let dir = TempDir::new("shutdown-deadline");
     let config = common::simple_config(upstream, "")
         .replace("[admin]", "[server]\nshutdown_timeout = \"1s\"\n\n[admin]");

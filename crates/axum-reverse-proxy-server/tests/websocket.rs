@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -16,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::any;
 use common::{PATIENCE, Proxy, TempDir, client, echo};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -92,28 +90,6 @@ async fn close_me(ws: WebSocketUpgrade) -> Response {
         let _ = socket.send(ws::Message::Close(Some(frame))).await;
         while let Some(Ok(_)) = socket.recv().await {}
     })
-}
-
-/// An upstream whose `/stream` body is driven by the test: each `Bytes` sent becomes a
-/// chunk; dropping the sender ends the body.
-async fn streaming() -> (SocketAddr, mpsc::Sender<Bytes>) {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let app = Router::new().route(
-        "/stream",
-        get(move || {
-            let rx = rx.lock().unwrap().take();
-            async move {
-                let Some(rx) = rx else {
-                    return Body::from("stream already taken");
-                };
-                Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-                }))
-            }
-        }),
-    );
-    (common::serve(app).await, tx)
 }
 
 // ===== Client helpers =====
@@ -344,18 +320,11 @@ pool = "root"
     )
 }
 
-async fn upstream_of(url: &str) -> String {
-    let resp = client().get(url).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    body["upstream"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_open_websockets_and_streams() {
     let (ws_a, _closes_a) = ws_upstream("ws-a").await;
     let (ws_b, _closes_b) = ws_upstream("ws-b").await;
-    let (stream, chunks) = streaming().await;
+    let (stream, chunks) = common::driven_stream("/stream").await;
     let root_a = echo("a").await;
     let root_b = echo("b").await;
     let dir = TempDir::new("ws-reload");
@@ -381,7 +350,7 @@ async fn reload_keeps_open_websockets_and_streams() {
     let (proxy, _) = proxy.wait_line_async(|l| l.starts_with("reloaded:")).await;
 
     // New requests and new sockets follow the new routes...
-    assert_eq!(upstream_of(&format!("{front}/x")).await, "b");
+    assert_eq!(common::upstream_of(&format!("{front}/x")).await, "b");
     let mut new = connect(&ws_url(&front, "/ws")).await;
     assert_eq!(round_trip(&mut new, "who").await, "ws-b");
     // ...while the socket and the stream opened before keep working where they were.

@@ -286,3 +286,39 @@ pool = "main"
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
+
+/// An upstream whose response body at `path` is driven by the test: each `Bytes` sent on
+/// the returned channel becomes a chunk, and dropping the sender ends the body. Only the
+/// first request gets the stream.
+pub async fn driven_stream(
+    path: &'static str,
+) -> (SocketAddr, tokio::sync::mpsc::Sender<axum::body::Bytes>) {
+    use axum::body::{Body, Bytes};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let app = Router::new().route(
+        path,
+        axum::routing::get(move || {
+            let rx = rx.lock().unwrap().take();
+            async move {
+                let Some(rx) = rx else {
+                    return Body::from("stream already taken");
+                };
+                Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+                }))
+            }
+        }),
+    );
+    (serve(app).await, tx)
+}
+
+/// Which upstream answered `url`: the `upstream` field of an [`echo`] upstream's JSON.
+pub async fn upstream_of(url: &str) -> String {
+    let resp = client().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["upstream"].as_str().unwrap().to_owned()
+}

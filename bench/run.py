@@ -452,8 +452,12 @@ def main():
                 if p:
                     latency.setdefault(t.name, []).append(p)
 
+        # Memory on fresh processes: after the load rounds, memory the allocators kept from
+        # the busy phase absorbs new connections and hides their cost.
         memory = {}
         for t in proxies:
+            t.stop()
+            t.start()
             memory[t.name] = idle_memory(t, args.idle)
     finally:
         for t in proxies:

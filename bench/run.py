@@ -16,6 +16,7 @@ Figures:
 """
 
 import argparse
+import atexit
 import datetime
 import os
 import re
@@ -102,9 +103,12 @@ def http_get(port, path):
     return data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
 
 
-def upstream_connections(port):
-    m = re.search(r"connections (\d+)", http_get(port, "/_stats"))
-    return int(m.group(1)) if m else 0
+def upstream_connections(ports):
+    total = 0
+    for port in ports:
+        m = re.search(r"connections (\d+)", http_get(port, "/_stats"))
+        total += int(m.group(1)) if m else 0
+    return total
 
 
 # ===== targets =====
@@ -198,10 +202,12 @@ backend be
     return Target("haproxy", ["haproxy", "-f", conf, "-db"], port, h2)
 
 
-def ours_target(tmp, up_port):
-    """Our server from a config file: one worker, no access log (nginx's is off too)."""
+def ours_target(tmp, up_ports, name="ours"):
+    """Our server from a config file: one worker, no access log (nginx's is off too).
+    Several upstream ports make one round-robin pool over them."""
     port = free_port()
-    conf = os.path.join(tmp, "ours.toml")
+    conf = os.path.join(tmp, f"{name}.toml")
+    targets = ", ".join(f'"http://127.0.0.1:{p}"' for p in up_ports)
     with open(conf, "w") as f:
         f.write(f"""
 [server]
@@ -212,14 +218,14 @@ output = "off"
 address = "127.0.0.1:{port}"
 h2c = true
 [pools.up]
-targets = ["http://127.0.0.1:{up_port}"]
+targets = [{targets}]
 [[routes]]
 name = "all"
 prefix = "/"
 pool = "up"
 """)
     return Target(
-        "ours",
+        name,
         [os.path.join(RELEASE, "axum-reverse-proxy"), "--config", conf],
         port,
         env={"RUST_LOG": "error"},
@@ -310,16 +316,16 @@ def workloads(tmp, seconds):
 # ===== measurements =====
 
 
-def measure(target, run, up_port):
+def measure(target, run, up_ports):
     """Run one workload against a live target: requests/s, CPU µs per request, upstream conns per 1k."""
     pid = target.pid if target.proc else None
     cpu0 = cpu_seconds(pid) if pid else 0.0
-    conns0 = upstream_connections(up_port)
+    conns0 = upstream_connections(up_ports)
     t0 = time.time()
     result = run(target)
     elapsed = time.time() - t0
     cpu1 = cpu_seconds(pid) if pid else 0.0
-    conns1 = upstream_connections(up_port) - 1  # the /_stats request itself
+    conns1 = upstream_connections(up_ports) - len(up_ports)  # the /_stats requests themselves
     n = max(result["requests"], 1)
     return {
         "rps": result["requests"] / elapsed if elapsed else 0,
@@ -418,13 +424,21 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="arp-bench-")
     os.chmod(tmp, 0o755)  # nginx's worker runs as www-data
-    up_port = free_port()
-    upstream = Target("upstream", [os.path.join(RELEASE, "bench-upstream"), f"127.0.0.1:{up_port}"],
-                      up_port, core=OTHER_CORE)
-    upstream.start()
+    # Four upstream processes: every target uses the first; "balanced-4" (our server with a
+    # round-robin pool) spreads over all four, to show what balancing costs under load.
+    upstreams = []
+    for _ in range(4):
+        p = free_port()
+        upstreams.append(Target("upstream", [os.path.join(RELEASE, "bench-upstream"), f"127.0.0.1:{p}"],
+                                p, core=OTHER_CORE))
+        upstreams[-1].start()
+        atexit.register(upstreams[-1].stop)  # also on an error: they run in their own session
+    up_ports = [u.port for u in upstreams]
+    up_port = up_ports[0]
     direct = Target("direct", [], up_port)
     targets = [direct, nginx_target(tmp, up_port), haproxy_target(tmp, up_port),
-               ours_target(tmp, up_port), embedded_target(up_port)]
+               ours_target(tmp, [up_port]), embedded_target(up_port),
+               ours_target(tmp, up_ports, name="balanced-4")]
     proxies = targets[1:]
     results = {}  # (workload, target) -> list of measurements
     try:
@@ -434,7 +448,7 @@ def main():
         for rnd in range(args.rounds):
             for name, run in loads:
                 for t in targets:
-                    m = measure(t, run, up_port) if t is not direct else dict(measure(t, run, up_port), cpu_us=None)
+                    m = measure(t, run, up_ports) if t is not direct else dict(measure(t, run, up_ports), cpu_us=None)
                     results.setdefault((name, t.name), []).append(m)
                     print(f"round {rnd + 1} {name:42} {t.name:9} {m['rps']:>10,.0f} req/s "
                           f"cpu/req {fmt(m['cpu_us'], 'µs'):>8} upstream conns/1k {m['conns_per_1k']:.2f}"
@@ -471,7 +485,8 @@ def main():
             except Exception as err:  # a target that will not run under valgrind: report, go on
                 print(f"callgrind {t.name}: {err}", file=sys.stderr)
                 t.stop()
-    upstream.stop()
+    for u in upstreams:
+        u.stop()
 
     # ===== the table =====
     lines = []

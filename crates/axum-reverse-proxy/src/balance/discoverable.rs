@@ -347,7 +347,12 @@ where
                             changed = true;
                         }
                         Err(err) => {
-                            tracing::warn!(?key, error = %err, "discovered endpoint ignored");
+                            // The URL may carry a token in its query: log only why it failed.
+                            tracing::warn!(
+                                ?key,
+                                reason = err.reason,
+                                "discovered endpoint ignored"
+                            );
                             changed |= endpoints.remove(&key).is_some();
                         }
                     }

@@ -377,10 +377,8 @@ async fn text_access_log_to_a_file() {
     // The line is written when the response body ends, before the client has it all;
     // stopping the server guarantees it is on disk.
     proxy.signal("TERM");
-    let (mut proxy, _) = proxy.wait_line_async(|l| l == "shutdown complete").await;
-    let status = tokio::task::spawn_blocking(move || proxy.wait_exit())
-        .await
-        .unwrap();
+    let (proxy, _) = proxy.wait_line_async(|l| l == "shutdown complete").await;
+    let (_, status) = proxy.wait_exit_async().await;
     assert!(status.success());
     let log = std::fs::read_to_string(dir.path("logs.txt")).unwrap();
     let line = log.lines().find(|l| l.contains("file-log-1")).expect(&log);

@@ -19,7 +19,7 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     assert_eq!(resp.chunk().await.unwrap().unwrap(), "first;");
 
     proxy.signal("TERM");
-    let (mut proxy, _) = proxy.wait_line_async(|l| l.contains("shutting down")).await;
+    let (proxy, _) = proxy.wait_line_async(|l| l.contains("shutting down")).await;
 
     // The request in flight completes.
     chunks.send(Bytes::from_static(b"last")).await.unwrap();
@@ -27,13 +27,7 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     drop(chunks);
     assert!(resp.chunk().await.unwrap().is_none());
 
-    let status = tokio::task::spawn_blocking(move || {
-        let status = proxy.wait_exit();
-        (status, proxy)
-    })
-    .await
-    .unwrap();
-    let (status, proxy) = status;
+    let (proxy, status) = proxy.wait_exit_async().await;
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
     assert!(
         proxy.seen.iter().any(|l| l == "shutdown complete"),
@@ -60,13 +54,7 @@ async fn the_drain_deadline_bounds_shutdown() {
 
     // The upstream never finishes: the process still exits, after the deadline.
     proxy.signal("TERM");
-    let (proxy, status) = tokio::task::spawn_blocking(move || {
-        let mut proxy = proxy;
-        let status = proxy.wait_exit();
-        (proxy, status)
-    })
-    .await
-    .unwrap();
+    let (proxy, status) = proxy.wait_exit_async().await;
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
     assert!(
         proxy

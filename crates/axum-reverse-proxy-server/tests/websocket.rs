@@ -402,13 +402,7 @@ async fn sigterm_waits_for_an_open_websocket_then_exits_0() {
     );
     assert!(step("the end of the socket", ended(&mut ws)).await);
     drop(ws);
-    let (proxy, status) = tokio::task::spawn_blocking(move || {
-        let mut proxy = proxy;
-        let status = proxy.wait_exit();
-        (proxy, status)
-    })
-    .await
-    .unwrap();
+    let (proxy, status) = proxy.wait_exit_async().await;
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
     assert!(
         proxy.seen.iter().any(|l| l == "shutdown complete"),
@@ -440,13 +434,7 @@ async fn sigterm_closes_websockets_at_the_drain_deadline() {
     // Nobody closes it: the proxy does, at the deadline, and exits 0.
     assert!(step("the socket closed by the proxy", ended(&mut ws)).await);
     assert!(started.elapsed() >= Duration::from_millis(900));
-    let (proxy, status) = tokio::task::spawn_blocking(move || {
-        let mut proxy = proxy;
-        let status = proxy.wait_exit();
-        (proxy, status)
-    })
-    .await
-    .unwrap();
+    let (proxy, status) = proxy.wait_exit_async().await;
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
     assert!(
         proxy
@@ -608,13 +596,7 @@ async fn a_second_sigterm_closes_websockets_at_once() {
     assert_eq!(round_trip(&mut ws, "during").await, "during");
     proxy.signal("TERM");
     assert!(step("the socket closed by the proxy", ended(&mut ws)).await);
-    let (proxy, status) = tokio::task::spawn_blocking(move || {
-        let mut proxy = proxy;
-        let status = proxy.wait_exit();
-        (proxy, status)
-    })
-    .await
-    .unwrap();
+    let (proxy, status) = proxy.wait_exit_async().await;
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
     assert!(
         proxy

@@ -117,6 +117,16 @@ impl Proxy {
         .unwrap()
     }
 
+    /// Async-friendly `wait_exit` (runs on a blocking thread).
+    pub async fn wait_exit_async(mut self) -> (Proxy, ExitStatus) {
+        tokio::task::spawn_blocking(move || {
+            let status = self.wait_exit();
+            (self, status)
+        })
+        .await
+        .unwrap()
+    }
+
     /// The URL printed for listener `name` (`listener NAME on URL`).
     pub fn listener_url(&self, name: &str) -> String {
         let prefix = format!("listener {name} on ");

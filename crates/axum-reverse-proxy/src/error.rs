@@ -53,7 +53,8 @@ pub(crate) enum Kind {
     NoEndpoint,
     /// The request has already passed through this proxy.
     Loop,
-    /// The request asked for something the proxy does not do (CONNECT).
+    /// The request asked for something the proxy does not do (CONNECT, a transfer
+    /// coding other than chunked).
     NotImplemented,
     /// The resolved upstream target is not a valid URI.
     InvalidTarget,
@@ -113,7 +114,8 @@ impl ProxyError {
         self.inner.kind == Kind::Loop
     }
 
-    /// The method is not supported by the proxy, such as CONNECT (501).
+    /// The request needs something the proxy does not implement, such as CONNECT or a
+    /// transfer coding other than chunked (501).
     pub fn is_not_implemented(&self) -> bool {
         self.inner.kind == Kind::NotImplemented
     }
@@ -145,7 +147,7 @@ impl ProxyError {
             Kind::BodyTooLarge => "Payload Too Large",
             Kind::NoEndpoint => "No upstream services available",
             Kind::Loop => "Loop Detected",
-            Kind::NotImplemented => "CONNECT is not supported",
+            Kind::NotImplemented => "Not Implemented",
             Kind::InvalidTarget => "Internal Server Error",
             Kind::BadRequest => "Bad Request",
         }
@@ -185,7 +187,7 @@ impl fmt::Display for ProxyError {
             Kind::BodyTooLarge => "request body too large",
             Kind::NoEndpoint => "no upstream endpoint available",
             Kind::Loop => "request loop detected",
-            Kind::NotImplemented => "method not supported by the proxy",
+            Kind::NotImplemented => "not implemented by the proxy",
             Kind::InvalidTarget => "invalid upstream target",
             Kind::BadRequest => "malformed request",
         };

@@ -6,9 +6,10 @@
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and must not be
 //! forwarded: `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
-//! `TE` (except `TE: trailers`, which gRPC needs end to end), `Transfer-Encoding`,
-//! `Upgrade` (except on an upgrade, which the proxy carries through), and the proxy's own
-//! `Proxy-Authorization` / `Proxy-Authenticate`.
+//! `TE` (except `TE: trailers`, which gRPC needs end to end), `Transfer-Encoding` (and a
+//! `Content-Length` beside it, which it overrides), `Upgrade` (except on an upgrade,
+//! which the proxy carries through), and the proxy's own `Proxy-Authorization` /
+//! `Proxy-Authenticate`.
 //!
 //! `Trailer` is kept. RFC 2616 listed it as hop-by-hop, but RFC 9110 (§6.6.2, §7.6.1)
 //! makes it an end-to-end declaration of the trailer fields that follow the body, and
@@ -67,6 +68,20 @@ pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && has_token(headers, &header::CONNECTION, "upgrade")
 }
 
+/// Whether every transfer coding of the message is `chunked` (or it has none).
+pub(crate) fn only_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .all(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .all(|t| t.is_empty() || t.eq_ignore_ascii_case("chunked"))
+            })
+        })
+}
+
 /// Remove hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and `Connection`
 /// is reduced to `upgrade`, as an upgrade handshake needs.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -99,7 +114,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
+    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+        // RFC 9112 §6.3: beside Transfer-Encoding, Content-Length means nothing, and an
+        // intermediary must remove it before forwarding; left alone it would frame the
+        // message the proxy re-encodes.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::PROXY_AUTHENTICATE);
     if keep_upgrade {

@@ -63,10 +63,23 @@
 //! | no endpoint available | 503 |
 //! | upstream response-header timeout | 504 |
 //! | request body over the limit | 413 |
-//! | `CONNECT` | 501 |
+//! | ambiguous or malformed request (see [`validate_request`]), client body failing mid-way | 400 |
+//! | `CONNECT`, a transfer coding other than `chunked` | 501 |
 //! | loop (our `Via` pseudonym seen again) | 508 |
 //!
 //! Bodies are generic; the cause is logged and attached as a [`ProxyError`] extension.
+//! A 400 or 501 to an HTTP/1 request carries `Connection: close`: whatever followed
+//! the request on its connection is not trusted to be the next request.
+//!
+//! # Framing and request smuggling
+//! The upstream always gets one unambiguous message per request: the proxy writes its
+//! own framing (`Content-Length` or chunked, never both, chunk extensions dropped),
+//! removes hop-by-hop fields, and refuses what hyper's parser lets through but could be
+//! read two ways (`Transfer-Encoding: gzip, chunked`, `chunked` twice, `Content_Length`,
+//! two `Host` lines, authority-form targets…). An absolute-form target is routed by the
+//! proxy's own configuration, never to the host it names; its authority replaces `Host`
+//! (RFC 9112 §3.2.2). The rules, and what hyper already refuses, are listed at
+//! [`validate_request`], which a server should also call before routing.
 //!
 //! # WebSocket and other upgrades
 //! An HTTP/1.1 `Upgrade` (WebSocket or any other protocol) or an HTTP/2 WebSocket
@@ -141,6 +154,7 @@ pub use discover::{DnsDiscovery, DnsDiscoveryConfig, StaticDnsDiscovery};
 pub use error::{InvalidTarget, ProxyError};
 pub use policy::{HostBehaviour, ProxyPolicy, TrustedProxies, XForwardedFor};
 pub use proxy::ReverseProxy;
+pub use proxy::validate::validate_request;
 pub use retry::{Retry, RetryLayer};
 pub use rfc9110::{Rfc9110, Rfc9110Config, Rfc9110Layer};
 pub use router::{ProxyRouterExt, TargetResolver, TemplateTarget, proxy_template};

@@ -36,6 +36,16 @@ fn strips_hop_by_hop_and_what_connection_names() {
 }
 
 #[test]
+fn content_length_goes_with_transfer_encoding() {
+    let mut h = map(&[("content-length", "100"), ("transfer-encoding", "chunked")]);
+    strip_hop_by_hop(&mut h, false);
+    assert!(h.is_empty(), "{h:?}");
+    let mut h = map(&[("content-length", "100"), ("connection", "close")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h.get("content-length").unwrap(), "100");
+}
+
+#[test]
 fn te_trailers_survives() {
     let mut h = map(&[("te", "trailers"), ("connection", "te")]);
     strip_hop_by_hop(&mut h, false);

@@ -2,13 +2,18 @@
 //! rewrite the response.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Extensions, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
 use hyper_util::client::legacy::connect::Connect;
 
 use crate::client::Transport;
@@ -17,6 +22,8 @@ use crate::headers::{self, ClientInfo};
 use crate::policy::{HostBehaviour, ProxyPolicy, XForwardedFor};
 use crate::upgrade::{self, Detected, TunnelGuard, Upgrade};
 use crate::uri::Target;
+
+use super::validate;
 
 /// A policy with what can be decided once already decided.
 #[derive(Debug)]
@@ -95,6 +102,7 @@ where
         path_and_query: String,
     ) -> Response<Body> {
         let method = req.method().clone();
+        let version = req.version();
         match self.try_forward(target, req, path_and_query).await {
             Ok(response) => response,
             Err((err, path)) => {
@@ -117,7 +125,17 @@ where
                         "proxy request refused"
                     );
                 }
-                err.into_response()
+                let close = version < Version::HTTP_2
+                    && matches!(err.kind(), Kind::BadRequest | Kind::NotImplemented);
+                let mut response = err.into_response();
+                if close {
+                    // What follows a refused request on its connection (a body we did not
+                    // read, bytes after a bad frame) must not be read as the next request.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         }
     }
@@ -138,6 +156,7 @@ where
                 return Err((ProxyError::new(Kind::NotImplemented), None));
             }
         };
+        validate::check(&mut parts, false).map_err(|err| (err, None))?;
         // Released when the exchange is over (response body end, or tunnel close).
         let mut held = TunnelGuard::take(&mut parts.extensions);
         let path_and_query = PathAndQuery::try_from(path_and_query)
@@ -154,6 +173,9 @@ where
             return Err(fail(ProxyError::new(Kind::NoEndpoint)));
         }
 
+        // A client body that fails (malformed chunks, a client gone mid-way) fails the
+        // upstream request too: that is the client's error, not the upstream's.
+        let (body, client_failed) = ClientBody::watch(body);
         let body = match policy.max_request_body_bytes {
             Some(max) => {
                 if declared_length(&parts.headers).is_some_and(|len| len > max) {
@@ -231,12 +253,26 @@ where
             },
             None => send.await,
         };
+        let result = result.map_err(|err| match &client_failed {
+            Some(failed) if failed.load(Ordering::Relaxed) => {
+                ProxyError::with_cause(Kind::BadRequest, err)
+            }
+            _ => err,
+        });
         let mut response = result.map_err(fail)?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // Nobody asked to switch: the connection is in an unknown state.
             return Err(fail(ProxyError::with_cause(
                 Kind::Upstream,
                 "101 Switching Protocols to a request that did not ask for an upgrade",
+            )));
+        }
+        if !headers::only_chunked(response.headers()) {
+            // We never asked for another coding (TE beyond `trailers` is not forwarded),
+            // and removing Transfer-Encoding would pass the coded bytes off as the body.
+            return Err(fail(ProxyError::with_cause(
+                Kind::Upstream,
+                "response with a transfer coding other than chunked",
             )));
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
@@ -254,5 +290,55 @@ where
             Some(held) => upgrade::hold_until_body_ends(response, held),
             None => response,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client's request body, noting whether it failed.
+    struct ClientBody {
+        #[pin]
+        inner: Body,
+        failed: Arc<AtomicBool>,
+    }
+}
+
+impl ClientBody {
+    /// Wrap `body` unless it is already over (most requests): the wrapped body, and the
+    /// flag set when it fails.
+    fn watch(body: Body) -> (Body, Option<Arc<AtomicBool>>) {
+        if http_body::Body::is_end_stream(&body) {
+            return (body, None);
+        }
+        let failed = Arc::new(AtomicBool::new(false));
+        let body = Body::new(ClientBody {
+            inner: body,
+            failed: Arc::clone(&failed),
+        });
+        (body, Some(failed))
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Err(_)) = &frame {
+            this.failed.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

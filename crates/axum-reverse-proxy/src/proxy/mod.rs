@@ -19,6 +19,7 @@ use crate::policy::ProxyPolicy;
 use crate::uri::{self, Target};
 
 pub(crate) mod forward;
+pub(crate) mod validate;
 
 pub(crate) use forward::{Forwarder, Settings};
 

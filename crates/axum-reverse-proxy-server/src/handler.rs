@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum_reverse_proxy::TunnelGuard;
-use http::header::HOST;
-use http::uri::PathAndQuery;
+use http::header::{CONNECTION, HOST, TE, UPGRADE};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -154,6 +154,14 @@ where
     let in_flight = InFlight::new(conn.activity.clone());
     let (mut parts, body) = req.into_parts();
 
+    // Framing, target and Host first (RFC 9112 §3.2): routing reads Host, and the
+    // authority of an absolute-form target replaces it.
+    let invalid = axum_reverse_proxy::validate_request(&mut parts).err();
+    if invalid.is_none() {
+        // Before our own edits: a client must not name away what the route or we add.
+        drop_connection_options(&mut parts.headers);
+    }
+
     let request_id = match parts.headers.get(&REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
@@ -164,9 +172,7 @@ where
     let path = parts.uri.path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
 
-    if conn.tls && parts.uri.scheme().is_none() {
-        mark_https(&mut parts);
-    }
+    set_scheme(&mut parts, conn.tls);
 
     let snapshot = shared.active.load_full();
     let host = parts
@@ -180,13 +186,27 @@ where
         .and_then(|t| t.find(host, &path))
         .map(|(_, route)| route.clone());
 
-    let (route_name, pool_name, mut response) = match found {
-        None => {
+    let (route_name, pool_name, mut response) = match (invalid, found) {
+        (Some(err), _) => {
+            tracing::debug!(
+                id = %request_id_text,
+                %method,
+                status = err.status().as_u16(),
+                error = %err,
+                "request refused"
+            );
+            (
+                "none".to_owned(),
+                "none".to_owned(),
+                refusal(err, parts.version),
+            )
+        }
+        (None, None) => {
             let mut resp = Response::new(Body::from("no route for this host and path\n"));
             *resp.status_mut() = StatusCode::NOT_FOUND;
             ("none".to_owned(), "none".to_owned(), resp)
         }
-        Some(route) => {
+        (None, Some(route)) => {
             if route.strip_prefix {
                 let stripped = strip(&route.prefix, &path);
                 let pq = match parts.uri.query() {
@@ -257,21 +277,85 @@ fn may_upgrade(parts: &http::request::Parts) -> bool {
     parts.method == http::Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE)
 }
 
-/// Give an origin-form request on a TLS connection the `https` scheme (and its Host as
-/// authority), so that `X-Forwarded-Proto` and `Forwarded: proto=` say `https`.
-fn mark_https(parts: &mut http::request::Parts) {
-    let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) else {
-        return;
-    };
-    let Ok(authority) = host.parse::<http::uri::Authority>() else {
-        return;
-    };
-    let mut uri = parts.uri.clone().into_parts();
-    uri.scheme = Some(http::uri::Scheme::HTTPS);
-    uri.authority = Some(authority);
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+/// The proxy's answer to a request [`validate_request`] refused: generic, and on HTTP/1
+/// with `Connection: close`, since what follows it on the connection (a body we did not
+/// read, bytes after a bad frame) cannot be trusted to be the next request.
+///
+/// [`validate_request`]: axum_reverse_proxy::validate_request
+fn refusal(err: axum_reverse_proxy::ProxyError, version: http::Version) -> Response<Body> {
+    let mut response = err.into_response();
+    if version < http::Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    response
+}
+
+/// Remove the headers the client named in `Connection` (RFC 9110 §7.6.1) and their
+/// tokens, so that a client cannot name away a header the route's rules or the proxy add
+/// later (the library strips hop-by-hop headers after all our edits). `upgrade` stays for
+/// the upgrade, `te` for `TE: trailers`, and `Host` for the library's forwarding headers:
+/// the library handles those itself.
+fn drop_connection_options(headers: &mut HeaderMap) {
+    if !headers.contains_key(CONNECTION) {
+        return;
+    }
+    let mut kept: Vec<String> = Vec::new();
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        match HeaderName::from_bytes(token.as_bytes()) {
+            Ok(name) if name != UPGRADE && name != TE && name != HOST => named.push(name),
+            _ => kept.push(token.to_owned()),
+        }
+    }
+    if named.is_empty() {
+        return;
+    }
+    for name in &named {
+        headers.remove(name);
+    }
+    headers.remove(CONNECTION);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+    {
+        headers.insert(CONNECTION, value);
+    }
+}
+
+/// Make the URI's scheme say what the connection is, whatever the client wrote
+/// (an absolute-form target or an HTTP/2 `:scheme`), so that `X-Forwarded-Proto` and
+/// `Forwarded: proto=` tell the truth: `https` on TLS (an origin-form request gets its
+/// Host as authority), `http` otherwise.
+fn set_scheme(parts: &mut http::request::Parts, tls: bool) {
+    let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+    let mut uri = parts.uri.clone().into_parts();
+    match &uri.scheme {
+        Some(s) if *s == scheme => return,
+        Some(_) => {}
+        // Plain origin-form: the library says `http` already.
+        None if !tls => return,
+        None => {
+            let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+                return;
+            };
+            let Ok(authority) = host.parse::<http::uri::Authority>() else {
+                return;
+            };
+            uri.authority = Some(authority);
+            if uri.path_and_query.is_none() {
+                uri.path_and_query = Some(PathAndQuery::from_static("/"));
+            }
+        }
+    }
+    uri.scheme = Some(scheme);
     if let Ok(uri) = Uri::from_parts(uri) {
         parts.uri = uri;
     }
@@ -290,5 +374,62 @@ mod tests {
             &HeaderValue::from_str(&"a".repeat(129)).unwrap()
         ));
         assert_eq!(new_request_id().len(), 32);
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_options_go_before_our_edits() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, X-A, close"),
+            ("connection", "te, host, x-request-id"),
+            ("x-a", "1"),
+            ("x-request-id", "client"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("host", "h"),
+            ("x-b", "2"),
+        ]);
+        drop_connection_options(&mut h);
+        assert!(!h.contains_key("x-a") && !h.contains_key("x-request-id"));
+        // The library still needs these, and handles them itself.
+        assert_eq!(h["connection"], "Upgrade, te, host");
+        for kept in ["upgrade", "te", "host", "x-b"] {
+            assert!(h.contains_key(kept), "{kept}");
+        }
+        let mut h = headers(&[("connection", "x-a"), ("x-a", "1")]);
+        drop_connection_options(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = headers(&[("connection", "keep-alive"), ("keep-alive", "5")]);
+        drop_connection_options(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn the_scheme_is_the_connection_s() {
+        let scheme = |uri: &str, host: Option<&str>, tls: bool| {
+            let mut req = Request::builder().uri(uri);
+            if let Some(host) = host {
+                req = req.header(HOST, host);
+            }
+            let mut parts = req.body(()).unwrap().into_parts().0;
+            set_scheme(&mut parts, tls);
+            parts.uri.to_string()
+        };
+        assert_eq!(scheme("/x", Some("h"), false), "/x");
+        assert_eq!(scheme("/x", Some("h:8443"), true), "https://h:8443/x");
+        assert_eq!(scheme("/x", None, true), "/x");
+        assert_eq!(scheme("https://e/x", None, false), "http://e/x");
+        assert_eq!(scheme("http://e/x", None, true), "https://e/x");
+        assert_eq!(scheme("http://e/x?q", None, false), "http://e/x?q");
     }
 }

@@ -92,6 +92,7 @@ impl Target {
         let key = UpstreamKey {
             https: scheme == Scheme::HTTPS,
             authority: authority.clone(),
+            server_name: None,
         };
         Ok(Target {
             raw: raw.to_owned(),

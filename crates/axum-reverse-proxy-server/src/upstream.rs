@@ -8,7 +8,10 @@
 //!   [`BalancedProxy`] with the pool's strategy, weights, hash key, outlier detection (on
 //!   by default) and active health checks (started at once).
 //! - `discovery.dns` / `discovery.etcd`: a [`DiscoverableBalancedProxy`] over that source,
-//!   with the same settings, discovery started at once.
+//!   with the same settings, discovery started at once. DNS endpoints are
+//!   [`DnsEndpoint`](axum_reverse_proxy::discover::DnsEndpoint)s: the proxy connects to
+//!   each address and sends the DNS name (the SRV target for `record = "srv"`) as `Host`
+//!   and TLS server name; SRV weights and etcd `weight`s are the endpoints' weights.
 //!
 //! Every kind is wrapped in a [`RetryLayer`] when retries are configured, and keeps a
 //! handle that `/upstreams` and `/metrics` read endpoint state from. Every kind proxies

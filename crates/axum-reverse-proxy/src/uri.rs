@@ -31,6 +31,9 @@
 //! | `/` | `http://u/api` | `/x/` | `/api/x/` |
 //! | `/p` | `http://u/t?k=v` | `/p?q=1` | `/t?k=v&q=1` |
 
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+
 use http::HeaderValue;
 use http::uri::{Authority, Scheme, Uri};
 
@@ -92,6 +95,7 @@ impl Target {
         let key = UpstreamKey {
             https: scheme == Scheme::HTTPS,
             authority: authority.clone(),
+            server_name: None,
         };
         Ok(Target {
             raw: raw.to_owned(),
@@ -103,6 +107,61 @@ impl Target {
             query: uri.query().filter(|q| !q.is_empty()).map(str::to_owned),
             host_header,
         })
+    }
+
+    /// The same target known by `name` (an endpoint found by DNS): connections still go
+    /// to the URL's host and port, but `Host` becomes `name[:port]` (the port only when
+    /// it is not the scheme's default) and TLS sends `name` as SNI and verifies the
+    /// certificate against it. Connections are pooled per address *and* name.
+    ///
+    /// A name equal to the URL's host changes nothing. A trailing dot is removed; an IPv6
+    /// address is bracketed in `Host`.
+    pub(crate) fn with_server_name(mut self, name: &str) -> Result<Target, InvalidTarget> {
+        let invalid = |reason| InvalidTarget {
+            target: self.raw.clone(),
+            reason,
+        };
+        let bare = |host: &str| {
+            let host = host.strip_suffix('.').unwrap_or(host);
+            host.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host)
+                .to_owned()
+        };
+        let name = bare(name);
+        if name.is_empty() {
+            return Err(invalid("the server name is empty"));
+        }
+        if name.eq_ignore_ascii_case(&bare(self.authority.host())) {
+            return Ok(self);
+        }
+        let mut host = if name.parse::<Ipv6Addr>().is_ok() {
+            format!("[{name}]")
+        } else {
+            name.clone()
+        };
+        let default_port = if self.is_https() { 443 } else { 80 };
+        if let Some(port) = self.authority.port_u16()
+            && port != default_port
+        {
+            host.push(':');
+            host.push_str(&port.to_string());
+        }
+        // As a URI authority, the name can carry no path, userinfo or stray characters.
+        match Authority::try_from(host.as_str()) {
+            Ok(parsed) if parsed.as_str() == host && !host.contains('@') => {}
+            _ => return Err(invalid("the server name is not a valid host name")),
+        }
+        self.host_header = HeaderValue::from_str(&host)
+            .map_err(|_| invalid("the server name is not a valid header value"))?;
+        self.key.server_name = Some(Arc::from(name));
+        Ok(self)
+    }
+
+    /// The name the upstream is known by when it differs from the URL's host
+    /// ([`with_server_name`](Self::with_server_name)).
+    pub(crate) fn server_name(&self) -> Option<&str> {
+        self.key.server_name.as_deref()
     }
 
     /// The target exactly as the user gave it.

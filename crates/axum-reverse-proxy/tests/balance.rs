@@ -744,3 +744,56 @@ async fn discovery_churn_while_10000_requests_flow() {
         .await
         .expect("discovery task still running after the proxy was dropped");
 }
+
+#[tokio::test]
+async fn discovered_weights_reach_every_weighted_strategy() {
+    use axum_reverse_proxy::discover::WeightedUrl;
+
+    let heavy = upstream("heavy").await;
+    let light = upstream("light").await;
+    // (strategy, heavy's share of 400 requests: exact, or a band for the random ones)
+    let cases = [
+        // Weights are ignored by plain round robin.
+        (LoadBalancingStrategy::RoundRobin, 200..=200),
+        (LoadBalancingStrategy::WeightedRoundRobin, 300..=300),
+        (LoadBalancingStrategy::Random, 270..=330),
+        (LoadBalancingStrategy::ConsistentHash, 270..=330),
+        // One request at a time: both have no pending request, so the cost
+        // (pending + 1) / weight always favours the heavy one.
+        (LoadBalancingStrategy::P2cPendingRequests, 400..=400),
+        (LoadBalancingStrategy::LeastRequest, 400..=400),
+    ];
+    for (strategy, expected) in cases {
+        let (tx, rx) = mpsc::unbounded_channel::<Result<Change<u32, WeightedUrl>, Infallible>>();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let proxy = DiscoverableBalancedProxy::new("/", stream)
+            .with_strategy(strategy)
+            .with_hash_key(HashKey::Path)
+            .with_rng_seed(7);
+        proxy.start_discovery().await;
+        tx.send(Ok(Change::Insert(1, WeightedUrl::new(&heavy, 3).unwrap())))
+            .unwrap();
+        tx.send(Ok(Change::Insert(2, WeightedUrl::new(&light, 1).unwrap())))
+            .unwrap();
+        let p = proxy.clone();
+        eventually("two endpoints", || p.endpoints().len() == 2).await;
+        assert_eq!(
+            proxy
+                .endpoints()
+                .iter()
+                .map(|s| s.weight)
+                .collect::<Vec<_>>(),
+            [3, 1]
+        );
+        let mut on_heavy = 0;
+        for i in 0..400 {
+            if hit(&proxy, &format!("/key/{i}")).await.1 == "heavy" {
+                on_heavy += 1;
+            }
+        }
+        assert!(
+            expected.contains(&on_heavy),
+            "{strategy:?}: {on_heavy} of 400 on the weight-3 endpoint"
+        );
+    }
+}

@@ -615,3 +615,509 @@ fn static_dns_discovery_is_built_outside_a_runtime_and_polled_inside() {
     let got = runtime.block_on(inserts(&mut discovery, 1));
     assert_eq!(got, [insert("10.0.0.1", "http://10.0.0.1:8080")]);
 }
+
+// ===== through the proxy: Host and TLS name, weights =====
+
+mod proxied {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::Request as AxumRequest;
+    use axum_reverse_proxy::discover::DnsEndpointDiscovery;
+    use axum_reverse_proxy::{
+        DiscoverableBalancedProxy, DnsDiscovery, DnsDiscoveryConfig, EndpointStats, HostBehaviour,
+        LoadBalancingStrategy, ProxyPolicy,
+    };
+    use futures_util::StreamExt;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use tokio::net::TcpListener;
+    use tower::ServiceExt;
+    use tower::discover::Change;
+
+    use super::{Rec, TestDns, a, srv};
+
+    /// What an upstream saw: its name, and the `Host` of each request.
+    type Hosts = Arc<Mutex<Vec<(&'static str, String)>>>;
+
+    /// A plain-HTTP upstream on `bind` that answers its name and records the `Host`.
+    async fn upstream(bind: SocketAddr, name: &'static str, seen: &Hosts) -> SocketAddr {
+        upstream_on(TcpListener::bind(bind).await.unwrap(), name, seen)
+    }
+
+    fn upstream_on(listener: TcpListener, name: &'static str, seen: &Hosts) -> SocketAddr {
+        let seen = Arc::clone(seen);
+        let app = Router::new().fallback(move |req: AxumRequest| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let host = req
+                    .headers()
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push((name, host));
+                name
+            }
+        });
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    fn config(dns: &TestDns, name: &str, port: u16) -> DnsDiscoveryConfig {
+        DnsDiscoveryConfig::new(name, port)
+            .with_resolver_config(dns.resolver_config())
+            .with_resolver_opts(dns.resolver_opts())
+    }
+
+    async fn hit<S>(proxy: &S, host: Option<&str>) -> (StatusCode, String)
+    where
+        S: tower::Service<
+                Request<Body>,
+                Response = Response<Body>,
+                Error = std::convert::Infallible,
+            > + Clone,
+    {
+        let mut req = Request::builder().uri("/x");
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let response = proxy
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Wait, by yielding (never sleeping), until `endpoints` gives `n` endpoints.
+    async fn wait_for(endpoints: impl Fn() -> Vec<EndpointStats>, n: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while endpoints().len() != n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never {n} endpoints: {:?}", endpoints()));
+    }
+
+    #[tokio::test]
+    async fn host_is_the_dns_name_and_connections_go_to_each_address() {
+        let seen = Hosts::default();
+        let one = upstream("127.0.0.1:0".parse().unwrap(), "one", &seen).await;
+        let port = one.port();
+        upstream(SocketAddr::from(([127, 0, 0, 2], port)), "two", &seen).await;
+        let dns = TestDns::start(&[
+            ("backend.test.", 300, a([127, 0, 0, 1])),
+            ("backend.test.", 300, a([127, 0, 0, 2])),
+        ])
+        .await;
+        let discovery = DnsDiscovery::new(config(&dns, "backend.test.", port)).unwrap();
+        let proxy = DiscoverableBalancedProxy::new("/", discovery.endpoints());
+        proxy.start_discovery().await;
+        wait_for(|| proxy.endpoints(), 2).await;
+        let stats = proxy.endpoints();
+        assert_eq!(stats[0].url, format!("http://127.0.0.1:{port}"));
+        assert_eq!(stats[0].host.as_deref(), Some("backend.test"));
+        assert_eq!(stats[1].url, format!("http://127.0.0.2:{port}"));
+
+        let mut bodies = Vec::new();
+        for _ in 0..4 {
+            let (status, body) = hit(&proxy, Some("public.example")).await;
+            assert_eq!(status, StatusCode::OK);
+            bodies.push(body);
+        }
+        assert_eq!(bodies, ["one", "two", "one", "two"]);
+        let expected = format!("backend.test:{port}");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4);
+        assert!(seen.iter().all(|(_, host)| *host == expected), "{seen:?}");
+
+        // The 1.3-shaped stream of the same lookups names the IP.
+        let seen_ip = Hosts::default();
+        let only = upstream("127.0.0.1:0".parse().unwrap(), "only", &seen_ip).await;
+        let dns_ip = TestDns::start(&[("backend.test.", 300, a([127, 0, 0, 1]))]).await;
+        let by_ip = DnsDiscovery::new(config(&dns_ip, "backend.test.", only.port())).unwrap();
+        let proxy = DiscoverableBalancedProxy::new("/", by_ip);
+        proxy.start_discovery().await;
+        wait_for(|| proxy.endpoints(), 1).await;
+        assert_eq!(proxy.endpoints()[0].host, None);
+        hit(&proxy, None).await;
+        assert_eq!(
+            seen_ip.lock().unwrap()[0].1,
+            format!("127.0.0.1:{}", only.port())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_preserved_host_and_a_users_client_keep_their_rules() {
+        let seen = Hosts::default();
+        let up = upstream("127.0.0.1:0".parse().unwrap(), "up", &seen).await;
+        let dns = TestDns::start(&[("backend.test.", 300, a([127, 0, 0, 1]))]).await;
+        let endpoints = DnsEndpointDiscovery::new(config(&dns, "backend.test", up.port())).unwrap();
+
+        // HostBehaviour::Preserve forwards the client's Host, as for any endpoint.
+        let preserving = DiscoverableBalancedProxy::new("/", endpoints.clone())
+            .with_policy(ProxyPolicy::new().with_host_behaviour(HostBehaviour::Preserve));
+        preserving.start_discovery().await;
+        wait_for(|| preserving.endpoints(), 1).await;
+        assert_eq!(hit(&preserving, Some("public.example")).await.1, "up");
+
+        // A user's client dials the address; Host is still the name.
+        let client: Client<HttpConnector, Body> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let through_client = DiscoverableBalancedProxy::new_with_client("/", client, endpoints);
+        through_client.start_discovery().await;
+        wait_for(|| through_client.endpoints(), 1).await;
+        assert_eq!(hit(&through_client, Some("public.example")).await.1, "up");
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                ("up", "public.example".to_owned()),
+                ("up", format!("backend.test:{}", up.port())),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn srv_weights_give_the_smooth_weighted_order_and_each_target_its_name() {
+        let seen = Hosts::default();
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        // Endpoints arrive in address order: name the upstreams in port order.
+        listeners.sort_by_key(|l| l.local_addr().unwrap().port());
+        let names = ["a", "b", "c"];
+        let ports: Vec<u16> = listeners
+            .into_iter()
+            .zip(names)
+            .map(|(listener, name)| upstream_on(listener, name, &seen).port())
+            .collect();
+        let backup_port = upstream("127.0.0.1:0".parse().unwrap(), "backup", &seen)
+            .await
+            .port();
+        let owner = "_http._tcp.svc.test.";
+        let records: Vec<Rec> = vec![
+            (owner, 300, srv(10, 5, ports[0], "a.svc.test.")),
+            (owner, 300, srv(10, 1, ports[1], "b.svc.test.")),
+            (owner, 300, srv(10, 1, ports[2], "c.svc.test.")),
+            (owner, 300, srv(20, 100, backup_port, "backup.svc.test.")),
+            ("a.svc.test.", 300, a([127, 0, 0, 1])),
+            ("b.svc.test.", 300, a([127, 0, 0, 1])),
+            ("c.svc.test.", 300, a([127, 0, 0, 1])),
+            ("backup.svc.test.", 300, a([127, 0, 0, 1])),
+        ];
+        let dns = TestDns::start(&records).await;
+        let settings = config(&dns, owner, 0).with_srv(true);
+        let proxy =
+            DiscoverableBalancedProxy::new("/", DnsEndpointDiscovery::new(settings).unwrap())
+                .with_strategy(LoadBalancingStrategy::WeightedRoundRobin);
+        proxy.start_discovery().await;
+        wait_for(|| proxy.endpoints(), 3).await;
+        let weights: Vec<u32> = proxy.endpoints().iter().map(|s| s.weight).collect();
+        assert_eq!(weights, [5, 1, 1]);
+
+        let mut order = String::new();
+        for _ in 0..14 {
+            order += &hit(&proxy, None).await.1;
+        }
+        assert_eq!(order, "aabacaaaabacaa");
+        let seen = seen.lock().unwrap().clone();
+        let hosts: HashMap<&str, &str> = seen.iter().map(|(n, h)| (*n, h.as_str())).collect();
+        for (port, name) in ports.iter().zip(names) {
+            assert_eq!(hosts[name], format!("{name}.svc.test:{port}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn srv_weight_zero_gets_a_very_small_share() {
+        let owner = "_http._tcp.zero.test.";
+        let dns = TestDns::start(&[
+            (owner, 300, srv(0, 0, 8001, "z.zero.test.")),
+            (owner, 300, srv(0, 3, 8002, "w.zero.test.")),
+            (owner, 300, srv(1, 0, 8003, "y.zero.test.")),
+            (
+                "_http._tcp.backup.zero.test.",
+                300,
+                srv(0, 0, 8003, "y.zero.test."),
+            ),
+            ("z.zero.test.", 300, a([10, 0, 2, 1])),
+            ("w.zero.test.", 300, a([10, 0, 2, 2])),
+            ("y.zero.test.", 300, a([10, 0, 2, 3])),
+            // Two targets on one address and port: one endpoint, weights added.
+            (
+                "_http._tcp.same.test.",
+                300,
+                srv(0, 2, 8004, "q.same.test."),
+            ),
+            (
+                "_http._tcp.same.test.",
+                300,
+                srv(0, 3, 8004, "p.same.test."),
+            ),
+            ("p.same.test.", 300, a([10, 0, 3, 1])),
+            ("q.same.test.", 300, a([10, 0, 3, 1])),
+        ])
+        .await;
+        // The first `n` endpoints of `owner`: (name, SRV weight, balancer weight).
+        let endpoints = async |owner: &str, n: usize| {
+            let settings = config(&dns, owner, 0).with_srv(true);
+            let mut stream = DnsEndpointDiscovery::new(settings).unwrap();
+            let mut out = Vec::new();
+            while out.len() < n {
+                let item = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                    .await
+                    .expect("an item")
+                    .expect("the stream goes on");
+                match item {
+                    Ok(Change::Insert(_, e)) => {
+                        out.push((e.hostname().to_owned(), e.weight(), e.effective_weight()))
+                    }
+                    other => panic!("unexpected {:?}", other.map(|_| ())),
+                }
+            }
+            out
+        };
+        // Mixed 0 and 3: ×100, 0 counts as 1. Priority 1 is a backup and stays out.
+        assert_eq!(
+            endpoints(owner, 2).await,
+            [
+                ("z.zero.test".to_owned(), 0, 1),
+                ("w.zero.test".to_owned(), 3, 300)
+            ]
+        );
+        // All 0: equal weights.
+        assert_eq!(
+            endpoints("_http._tcp.backup.zero.test.", 1).await,
+            [("y.zero.test".to_owned(), 0, 1)]
+        );
+        // Two targets on one address and port: one endpoint, the first name, the sum.
+        assert_eq!(
+            endpoints("_http._tcp.same.test.", 1).await,
+            [("p.same.test".to_owned(), 5, 5)]
+        );
+    }
+
+    #[cfg(feature = "tls")]
+    mod tls {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use hyper::body::Incoming;
+        use hyper_util::rt::TokioIo;
+        use tokio_rustls::TlsAcceptor;
+        use tokio_rustls::rustls::{self, pki_types};
+
+        use super::*;
+
+        /// What the TLS upstream saw of one request.
+        #[derive(Clone, Debug, PartialEq)]
+        struct Seen {
+            connection: usize,
+            sni: Option<String>,
+            alpn: Option<Vec<u8>>,
+            /// `Host`, or the `:authority` of an HTTP/2 request.
+            authority: String,
+        }
+
+        struct Identity {
+            cert: pki_types::CertificateDer<'static>,
+            key: Vec<u8>,
+        }
+
+        fn identity(names: &[&str]) -> Identity {
+            let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(
+                names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            Identity {
+                cert: cert.der().clone(),
+                key: key_pair.serialize_der(),
+            }
+        }
+
+        fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+            Arc::new(rustls::crypto::ring::default_provider())
+        }
+
+        /// A client config that trusts `identity`'s certificate only.
+        fn trusting(identity: &Identity) -> rustls::ClientConfig {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(identity.cert.clone()).unwrap();
+            rustls::ClientConfig::builder_with_provider(ring())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+
+        /// An HTTPS upstream (HTTP/1.1 and HTTP/2 by ALPN) on 127.0.0.1 with `identity`,
+        /// recording the SNI of each connection and the authority of each request.
+        async fn tls_upstream(identity: &Identity) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+            let key = pki_types::PrivateKeyDer::Pkcs8(identity.key.clone().into());
+            let mut config = rustls::ServerConfig::builder_with_provider(ring())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![identity.cert.clone()], key)
+                .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let acceptor = TlsAcceptor::from(Arc::new(config));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+            let log = Arc::clone(&seen);
+            let connections = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (acceptor, log) = (acceptor.clone(), Arc::clone(&log));
+                    let connection = connections.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let authority = req
+                                .headers()
+                                .get("host")
+                                .and_then(|h| h.to_str().ok())
+                                .map(str::to_owned)
+                                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                                .unwrap_or_default();
+                            log.lock().unwrap().push(Seen {
+                                connection,
+                                sni: sni.clone(),
+                                alpn: alpn.clone(),
+                                authority,
+                            });
+                            async {
+                                Ok::<_, std::convert::Infallible>(Response::new("tls".to_owned()))
+                            }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+            });
+            (addr, seen)
+        }
+
+        #[tokio::test]
+        async fn tls_sends_and_verifies_the_dns_name() {
+            let identity = identity(&["backend.test"]);
+            let (addr, seen) = tls_upstream(&identity).await;
+            let dns = TestDns::start(&[("backend.test.", 300, a([127, 0, 0, 1]))]).await;
+            let discovery =
+                DnsDiscovery::new(config(&dns, "backend.test", addr.port()).with_https(true))
+                    .unwrap();
+            let proxy = DiscoverableBalancedProxy::new("/", discovery.endpoints())
+                .with_tls_config(trusting(&identity));
+            proxy.start_discovery().await;
+            wait_for(|| proxy.endpoints(), 1).await;
+            assert_eq!(
+                proxy.endpoints()[0].url,
+                format!("https://127.0.0.1:{}", addr.port())
+            );
+
+            for _ in 0..3 {
+                assert_eq!(
+                    hit(&proxy, Some("public.example")).await,
+                    (StatusCode::OK, "tls".to_owned())
+                );
+            }
+            let seen = seen.lock().unwrap().clone();
+            let expected = Seen {
+                connection: 0,
+                sni: Some("backend.test".to_owned()),
+                // The pool offers h2 and http/1.1; the upstream picks h2.
+                alpn: Some(b"h2".to_vec()),
+                authority: format!("backend.test:{}", addr.port()),
+            };
+            assert_eq!(seen, [expected.clone(), expected.clone(), expected]);
+
+            // The same upstream, trusted, but under a name its certificate does not carry:
+            // verification is against the name, so the handshake fails.
+            let dns = TestDns::start(&[("other.test.", 300, a([127, 0, 0, 1]))]).await;
+            let discovery =
+                DnsDiscovery::new(config(&dns, "other.test", addr.port()).with_https(true))
+                    .unwrap();
+            let proxy = DiscoverableBalancedProxy::new("/", discovery.endpoints())
+                .with_tls_config(trusting(&identity));
+            proxy.start_discovery().await;
+            wait_for(|| proxy.endpoints(), 1).await;
+            let response = proxy
+                .clone()
+                .oneshot(Request::new(Body::empty()))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+            let error = response
+                .extensions()
+                .get::<axum_reverse_proxy::ProxyError>()
+                .unwrap();
+            assert!(error.is_connect(), "{error:?}");
+        }
+
+        #[tokio::test]
+        async fn two_names_on_one_address_never_share_a_connection() {
+            let identity = identity(&["a.test", "b.test"]);
+            let (addr, seen) = tls_upstream(&identity).await;
+            let dns = TestDns::start(&[
+                ("a.test.", 300, a([127, 0, 0, 1])),
+                ("b.test.", 300, a([127, 0, 0, 1])),
+            ])
+            .await;
+            // One proxy over both names: the two sources' keys (the same address) tagged.
+            let source = |name: &'static str| {
+                let endpoints =
+                    DnsEndpointDiscovery::new(config(&dns, name, addr.port()).with_https(true))
+                        .unwrap();
+                endpoints.map(move |item| {
+                    item.map(|change| match change {
+                        Change::Insert(addr, e) => Change::Insert((name, addr), e),
+                        Change::Remove(addr) => Change::Remove((name, addr)),
+                    })
+                })
+            };
+            let both = futures_util::stream::select(source("a.test"), source("b.test"));
+            let proxy =
+                DiscoverableBalancedProxy::new("/", both).with_tls_config(trusting(&identity));
+            proxy.start_discovery().await;
+            wait_for(|| proxy.endpoints(), 2).await;
+            for _ in 0..6 {
+                assert_eq!(hit(&proxy, None).await.0, StatusCode::OK);
+            }
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen.len(), 6);
+            let mut by_connection: HashMap<usize, String> = HashMap::new();
+            for s in &seen {
+                let sni = s.sni.clone().unwrap();
+                assert_eq!(s.authority, format!("{sni}:{}", addr.port()), "{seen:?}");
+                // Every request on a connection has that connection's name.
+                assert_eq!(
+                    by_connection.entry(s.connection).or_insert(sni.clone()),
+                    &sni
+                );
+            }
+            // One (reused) connection per name.
+            let mut names: Vec<&String> = by_connection.values().collect();
+            names.sort();
+            assert_eq!(names, ["a.test", "b.test"], "{seen:?}");
+        }
+    }
+}

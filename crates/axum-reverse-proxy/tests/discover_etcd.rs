@@ -389,3 +389,81 @@ async fn one_watch_for_all_clones_and_none_once_they_are_dropped() {
     drop(clone);
     wait_for_watchers(&etcd, 0).await;
 }
+
+// ===== through the proxy =====
+
+async fn named_upstream(name: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move || async move { name });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn etcd_weights_reach_the_balancer() {
+    use axum_reverse_proxy::{DiscoverableBalancedProxy, LoadBalancingStrategy};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let etcd = Etcd::start().await;
+    let (a, b, c) = (
+        named_upstream("a").await,
+        named_upstream("b").await,
+        named_upstream("c").await,
+    );
+    etcd.put("/pool/a", &format!(r#"{{"url": "{a}", "weight": 5}}"#))
+        .await;
+    etcd.put("/pool/b", &b).await;
+    etcd.put("/pool/c", &format!(r#"{{"url": "{c}", "weight": 1}}"#))
+        .await;
+    let proxy = DiscoverableBalancedProxy::new("/", etcd.discovery("/pool/"))
+        .with_strategy(LoadBalancingStrategy::WeightedRoundRobin);
+    proxy.start_discovery().await;
+    let wait_for_weights = async |expected: [u32; 3]| {
+        tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                let mut weights: Vec<(String, u32)> = proxy
+                    .endpoints()
+                    .into_iter()
+                    .map(|s| (s.url, s.weight))
+                    .collect();
+                weights.sort();
+                let mut want = vec![(a.clone(), expected[0]), (b.clone(), expected[1])];
+                want.push((c.clone(), expected[2]));
+                want.sort();
+                if weights == want {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("weights never became {expected:?}: {:?}", proxy.endpoints()));
+    };
+    wait_for_weights([5, 1, 1]).await;
+    let hit = async || {
+        let response = proxy
+            .clone()
+            .oneshot(http::Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let mut order = String::new();
+    for _ in 0..7 {
+        order += &hit().await;
+    }
+    assert_eq!(order, "aabacaa");
+
+    // A put with a new weight reaches the balancer.
+    etcd.put("/pool/c", &format!(r#"{{"url": "{c}", "weight": 5}}"#))
+        .await;
+    wait_for_weights([5, 1, 5]).await;
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..11 {
+        *counts.entry(hit().await).or_insert(0) += 1;
+    }
+    assert_eq!((counts["a"], counts["b"], counts["c"]), (5, 1, 5));
+}

@@ -142,3 +142,88 @@ fn file_discovery_outside_a_runtime_is_an_error_not_a_panic() {
     let error = FileDiscovery::new("/nonexistent").expect_err("an error");
     assert!(error.to_string().contains("Tokio runtime"), "{error}");
 }
+
+// ===== through the proxy =====
+
+/// Three upstreams answering `a`, `b`, `c`, in the order their URLs sort (the order the
+/// file source yields them, and so the order the balancer lists them).
+async fn three_upstreams() -> Vec<String> {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let url = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().unwrap());
+    listeners.sort_by_key(url);
+    let mut urls = Vec::new();
+    for (listener, name) in listeners.into_iter().zip(["a", "b", "c"]) {
+        urls.push(url(&listener));
+        let app = axum::Router::new().fallback(move || async move { name });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    urls
+}
+
+async fn hit(
+    proxy: &axum_reverse_proxy::DiscoverableBalancedProxy<
+        axum_reverse_proxy::ProxyConnector,
+        FileDiscovery,
+    >,
+) -> String {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = http::Request::new(axum::body::Body::empty());
+    let response = proxy.clone().oneshot(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn file_weights_give_the_smooth_weighted_order() {
+    use axum_reverse_proxy::{DiscoverableBalancedProxy, LoadBalancingStrategy};
+
+    let urls = three_upstreams().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.txt");
+    write(
+        &path,
+        &format!("{} weight=5\n{}\n{} weight=1\n", urls[0], urls[1], urls[2]),
+    );
+    let discovery = FileDiscovery::with_poll_interval(&path, POLL).unwrap();
+    let proxy = DiscoverableBalancedProxy::new("/", discovery)
+        .with_strategy(LoadBalancingStrategy::WeightedRoundRobin);
+    proxy.start_discovery().await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while proxy.endpoints().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("three endpoints");
+    let weights: Vec<u32> = proxy.endpoints().iter().map(|s| s.weight).collect();
+    assert_eq!(weights, [5, 1, 1]);
+    let mut order = String::new();
+    for _ in 0..7 {
+        order += &hit(&proxy).await;
+    }
+    assert_eq!(order, "aabacaa");
+
+    // A new weight reaches the balancer: b now weighs 5 too.
+    write(
+        &path,
+        &format!("{} weight=5\n{} weight=5\n{}\n", urls[0], urls[1], urls[2]),
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while proxy.endpoints().iter().map(|s| s.weight).sum::<u32>() != 11 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the new weight");
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..11 {
+        *counts.entry(hit(&proxy).await).or_insert(0) += 1;
+    }
+    assert_eq!(counts["a"], 5);
+    assert_eq!(counts["b"], 5);
+    assert_eq!(counts["c"], 1);
+}

@@ -497,3 +497,44 @@ async fn default_pool_child(dir: std::path::PathBuf) {
         ReverseProxy::new("/", format!("https://127.0.0.1:{}", up.port())).into();
     assert_connect_error(&call(wrong_name, "/x").await);
 }
+
+// ===== with_tls_config: our pool, the caller's trust =====
+
+#[cfg(feature = "tls")]
+fn trusting_config(identity: &Identity) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(identity.cert.clone()).unwrap();
+    rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn with_tls_config_trusts_the_given_roots_and_negotiates_h2() {
+    let identity = self_signed();
+    let up = tls_upstream(&identity).await;
+    let target = format!("https://localhost:{}", up.port());
+    let proxy = ReverseProxy::new("/", &target).with_tls_config(trusting_config(&identity));
+    for _ in 0..2 {
+        let response = call(proxy.clone().into(), "/pooled").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, "tls /pooled");
+    }
+    let seen = up.requests();
+    assert!(
+        seen.iter().all(|s| s.version == Version::HTTP_2),
+        "{seen:?}"
+    );
+    assert_eq!(seen[0].alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(seen[0].authority, Some(format!("localhost:{}", up.port())));
+    // One multiplexed connection carried both requests.
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+
+    // Verification stays on: the same certificate under another name is refused.
+    let by_ip = format!("https://127.0.0.1:{}", up.port());
+    let proxy = ReverseProxy::new("/", &by_ip).with_tls_config(trusting_config(&identity));
+    assert_connect_error(&call(proxy.into(), "/x").await);
+}

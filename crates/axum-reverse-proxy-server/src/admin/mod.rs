@@ -70,6 +70,8 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> Response {
                         }),
                         Some(s) => json!({
                             "url": url,
+                            // The DNS name sent as `Host`/SNI, when not the URL's host.
+                            "host": s.host,
                             "weight": e.weight,
                             "healthy": s.healthy,
                             "ejected": s.ejected_until.is_some(),

@@ -235,6 +235,16 @@ where
         self.reconfigure(|_, forwarder| forwarder.settings = Arc::new(Settings::new(policy)))
     }
 
+    /// Speak TLS to `https` targets with rustls and `config` (its root certificates,
+    /// client certificate, protocol versions), through a connection pool of the proxy's
+    /// own; the proxy sets ALPN. This replaces the client given to `new_with_client`.
+    #[cfg(feature = "tls")]
+    pub fn with_tls_config(self, config: rustls::ClientConfig) -> Self {
+        self.reconfigure(|_, forwarder| {
+            forwarder.transport = Transport::Pool(client::new_rustls_pool(config));
+        })
+    }
+
     /// Start the active health checks now (needs a Tokio runtime) rather than with the
     /// first request. Does nothing without [`with_health_check`](Self::with_health_check)
     /// or when they already run.

@@ -1,6 +1,12 @@
 //! [`DiscoverableBalancedProxy`]: endpoints that come and go with a
 //! `tower::discover::Discover` stream.
 
+// The docs link `DnsEndpoint` and `with_tls_config`, absent from a build without `dns`/`tls`.
+#![cfg_attr(
+    not(all(feature = "dns", feature = "tls")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -24,6 +30,7 @@ use super::key::HashKey;
 use super::outlier::OutlierDetection;
 use super::shared::{AbortOnDrop, Config, Shared};
 use crate::client::{self, ProxyConnector, Transport};
+use crate::discover::describe;
 use crate::policy::ProxyPolicy;
 use crate::proxy::{Forwarder, Settings};
 use crate::uri::Target;
@@ -38,15 +45,31 @@ use crate::uri::Target;
 /// answered 503.
 ///
 /// Discovery changes:
-/// - `Insert(key, url)` adds an endpoint. For a key already present with the **same
-///   URL** the endpoint and its metrics are kept (discovery sources often repeat
-///   themselves); with a different URL it is replaced by a fresh endpoint. An invalid URL
-///   removes the key and is logged.
+/// - `Insert(key, endpoint)` adds an endpoint. For a key already present with the **same
+///   endpoint** (URL, name and weight) the endpoint and its metrics are kept (discovery
+///   sources often repeat themselves); otherwise it is replaced by a fresh endpoint. An
+///   invalid URL removes the key and is logged.
 /// - `Remove(key)` removes it. Requests already sent to it finish normally.
 /// - Errors are logged; repeated errors back off (100 ms doubling to 5 s) instead of
 ///   spinning. The end of the stream stops discovery and keeps the last set.
 ///
-/// Endpoints all have weight 1.
+/// What an endpoint value brings:
+///
+/// | value | weight | `Host` and TLS name |
+/// |---|---|---|
+/// | [`WeightedUrl`](crate::discover::WeightedUrl) (file, etcd, your own) | its weight | the URL's host |
+/// | [`DnsEndpoint`](crate::discover::DnsEndpoint) (`DnsDiscovery::endpoints()`, `DnsEndpointDiscovery`) | from SRV weights, else 1 | the DNS name |
+/// | any other `Into<String>` (`String`, `DnsDiscovery`'s URLs) | 1 | the URL's host |
+///
+/// Weights are used by every strategy but plain round robin (see
+/// [`LoadBalancingStrategy`]). For a [`DnsEndpoint`](crate::discover::DnsEndpoint) the
+/// proxy connects to its address and sends its DNS name as `Host` (`name:port` when the
+/// port is not the scheme's default; the client's own `Host` with
+/// [`HostBehaviour::Preserve`](crate::HostBehaviour::Preserve)) and, for `https`, as the
+/// TLS server name, verifying the certificate against it. Connections are pooled per
+/// address and name. A client given to [`new_with_client`](Self::new_with_client) dials
+/// by URI, so through it TLS names (and verifies) the address: use
+/// [`with_tls_config`](Self::with_tls_config) to trust a private CA instead.
 ///
 /// ```
 /// use axum_reverse_proxy::DiscoverableBalancedProxy;
@@ -237,6 +260,18 @@ where
         self.reconfigure(|_, forwarder| forwarder.settings = Arc::new(Settings::new(policy)))
     }
 
+    /// Speak TLS to `https` endpoints with rustls and `config` (its root certificates,
+    /// client certificate, protocol versions), through a connection pool of the proxy's
+    /// own; the proxy sets ALPN. This replaces the client given to `new_with_client`.
+    /// Certificates are verified against each endpoint's name: the DNS name of a
+    /// [`DnsEndpoint`](crate::discover::DnsEndpoint), else the URL's host.
+    #[cfg(feature = "tls")]
+    pub fn with_tls_config(self, config: rustls::ClientConfig) -> Self {
+        self.reconfigure(|_, forwarder| {
+            forwarder.transport = Transport::Pool(client::new_rustls_pool(config));
+        })
+    }
+
     /// Start the active health checks now rather than with discovery or the first
     /// request.
     pub fn start_health_checks(&self) {
@@ -333,16 +368,23 @@ where
         for item in batch.0 {
             match item {
                 Ok(Change::Insert(key, service)) => {
-                    let url: String = service.into();
-                    match Target::parse(&url) {
+                    let found = describe(service);
+                    let target = Target::parse(&found.url).and_then(|target| {
+                        match found.server_name.as_deref() {
+                            Some(name) => target.with_server_name(name),
+                            None => Ok(target),
+                        }
+                    });
+                    match target {
                         Ok(target) => {
-                            if endpoints
-                                .get(&key)
-                                .is_some_and(|e| e.target.as_str() == target.as_str())
-                            {
+                            if endpoints.get(&key).is_some_and(|e| {
+                                e.target.as_str() == target.as_str()
+                                    && e.target.server_name() == target.server_name()
+                                    && e.weight == found.weight
+                            }) {
                                 continue;
                             }
-                            let endpoint = Endpoint::new(target, 1, &shared.set.clock);
+                            let endpoint = Endpoint::new(target, found.weight, &shared.set.clock);
                             endpoints.insert(key, Arc::new(endpoint));
                             changed = true;
                         }

@@ -234,6 +234,7 @@ impl Endpoint {
         let until = self.ejected_until.load(Relaxed);
         EndpointStats {
             url: self.target.as_str().to_owned(),
+            host: self.target.server_name().map(str::to_owned),
             weight: self.weight,
             healthy: self.healthy.load(Relaxed),
             ejected_until: (until != 0 && now < until).then(|| clock.instant(until)),
@@ -264,9 +265,12 @@ fn decay_weight(elapsed_ms: u64, decay: Duration) -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct EndpointStats {
-    /// The endpoint's URL as given.
+    /// The endpoint's URL as given: where connections go.
     pub url: String,
-    /// Its weight (1 unless set).
+    /// The name requests carry in `Host` and TLS verifies (SNI) when it is not the URL's
+    /// host: the DNS name of an endpoint found by DNS discovery. `None` otherwise.
+    pub host: Option<String>,
+    /// Its weight (1 unless set or discovered).
     pub weight: u32,
     /// False while active health checks consider it down.
     pub healthy: bool,

@@ -1,11 +1,14 @@
 //! How requests leave the proxy: connectors, TLS, our connection pool, and the bridge to
 //! a user's own `hyper_util` client.
 //!
-//! Proxies built with `new` use our [`Pool`](pool::Pool) over the default connector
-//! ([`ProxyConnector`]). Proxies built with `new_with_client` send through the given
-//! `hyper_util::client::legacy::Client`, as promised by the 1.3 API; only gRPC to a
-//! plain-HTTP target bypasses it, because HTTP/2 with prior knowledge cannot be forced on
-//! that client (it then goes through a process-wide h2c pool over plain TCP).
+//! Proxies built with `new` use our [`Pool`](pool::Pool) over our own
+//! [`Connector`](connect::Connector) (the TLS library of [`ProxyConnector`], or a rustls
+//! config given to `with_tls_config`). It dials an endpoint's address and verifies TLS
+//! against the endpoint's name, which differ for endpoints found by DNS. Proxies built with
+//! `new_with_client` send through the given `hyper_util::client::legacy::Client`, as
+//! promised by the 1.3 API; that client dials by URI, so there TLS names the address. Only
+//! gRPC to a plain-HTTP target bypasses it, because HTTP/2 with prior knowledge cannot be
+//! forced on that client (it then goes through a process-wide h2c pool over plain TCP).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,24 +22,29 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use crate::error::{Kind, ProxyError};
 use crate::uri::Target;
 
+pub(crate) mod connect;
 pub(crate) mod pool;
 pub(crate) mod tls;
 
+use connect::Connector;
 use pool::{Pool, PoolConfig, Protocol};
 
-/// The connector behind [`ReverseProxy::new`](crate::ReverseProxy::new) and the
-/// `Standard…` aliases: rustls with Mozilla's roots (feature `tls`), the system's
-/// native TLS (feature `native-tls`, which wins when both are on), or plain TCP.
+/// The connector type of [`ReverseProxy::new`](crate::ReverseProxy::new) and the
+/// `Standard…` aliases, naming the TLS their connection pool uses: rustls with Mozilla's
+/// roots (feature `tls`), the system's native TLS (feature `native-tls`, which wins when
+/// both are on), or plain TCP.
 #[cfg(feature = "native-tls")]
 pub type ProxyConnector = hyper_tls::HttpsConnector<HttpConnector>;
-/// The connector behind [`ReverseProxy::new`](crate::ReverseProxy::new) and the
-/// `Standard…` aliases: rustls with Mozilla's roots (feature `tls`), the system's
-/// native TLS (feature `native-tls`, which wins when both are on), or plain TCP.
+/// The connector type of [`ReverseProxy::new`](crate::ReverseProxy::new) and the
+/// `Standard…` aliases, naming the TLS their connection pool uses: rustls with Mozilla's
+/// roots (feature `tls`), the system's native TLS (feature `native-tls`, which wins when
+/// both are on), or plain TCP.
 #[cfg(all(feature = "tls", not(feature = "native-tls")))]
 pub type ProxyConnector = hyper_rustls::HttpsConnector<HttpConnector>;
-/// The connector behind [`ReverseProxy::new`](crate::ReverseProxy::new) and the
-/// `Standard…` aliases: rustls with Mozilla's roots (feature `tls`), the system's
-/// native TLS (feature `native-tls`, which wins when both are on), or plain TCP.
+/// The connector type of [`ReverseProxy::new`](crate::ReverseProxy::new) and the
+/// `Standard…` aliases, naming the TLS their connection pool uses: rustls with Mozilla's
+/// roots (feature `tls`), the system's native TLS (feature `native-tls`, which wins when
+/// both are on), or plain TCP.
 #[cfg(not(any(feature = "tls", feature = "native-tls")))]
 pub type ProxyConnector = HttpConnector;
 
@@ -55,7 +63,9 @@ pub(crate) fn http_connector() -> HttpConnector {
     http
 }
 
-/// The default connector, built once per process (root store parsing is not free).
+/// The default connector as a hyper-util connector (for the etcd client), built once per
+/// process (root store parsing is not free).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(crate) fn default_connector() -> ProxyConnector {
     static CONNECTOR: OnceLock<ProxyConnector> = OnceLock::new();
     CONNECTOR.get_or_init(build_default_connector).clone()
@@ -85,26 +95,32 @@ fn build_default_connector() -> ProxyConnector {
 }
 
 /// A new pool over the default connector.
-pub(crate) fn new_default_pool() -> Arc<Pool<ProxyConnector>> {
-    Arc::new(Pool::new(default_connector(), PoolConfig::default()))
+pub(crate) fn new_default_pool() -> Arc<Pool> {
+    Arc::new(Pool::new(Connector::standard(), PoolConfig::default()))
+}
+
+/// A new pool whose TLS is rustls with `config` (ALPN is set by the pool).
+#[cfg(feature = "tls")]
+pub(crate) fn new_rustls_pool(config: rustls::ClientConfig) -> Arc<Pool> {
+    Arc::new(Pool::new(Connector::rustls(config), PoolConfig::default()))
 }
 
 /// The pool shared by every `proxy_route` of the process that was not given a client.
-pub(crate) fn shared_default_pool() -> Arc<Pool<ProxyConnector>> {
-    static POOL: OnceLock<Arc<Pool<ProxyConnector>>> = OnceLock::new();
+pub(crate) fn shared_default_pool() -> Arc<Pool> {
+    static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
     Arc::clone(POOL.get_or_init(new_default_pool))
 }
 
 /// The plain-TCP HTTP/2 pool that carries gRPC for proxies with a user's client.
-fn h2c_pool() -> &'static Arc<Pool<HttpConnector>> {
-    static POOL: OnceLock<Arc<Pool<HttpConnector>>> = OnceLock::new();
-    POOL.get_or_init(|| Arc::new(Pool::new(http_connector(), PoolConfig::default())))
+fn h2c_pool() -> &'static Arc<Pool> {
+    static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| Arc::new(Pool::new(Connector::plain(), PoolConfig::default())))
 }
 
 /// Where a proxy sends its requests.
 pub(crate) enum Transport<C> {
-    /// Our own pool over the default connector.
-    Pool(Arc<Pool<ProxyConnector>>),
+    /// Our own pool.
+    Pool(Arc<Pool>),
     /// The user's `hyper_util` client (behind an `Arc`: cloned per request).
     Client(Arc<Client<C, Body>>),
 }

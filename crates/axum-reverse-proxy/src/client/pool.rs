@@ -36,18 +36,40 @@ use http::{Request, Response, StatusCode, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thread_local::ThreadLocal;
-use tower::{Service, ServiceExt};
 
-use crate::error::{BoxError, Kind, ProxyError};
+use super::connect::{Alpn, Connector};
+use crate::error::{Kind, ProxyError};
 
-/// Which upstream a connection belongs to.
+/// Which upstream a connection belongs to: where it was dialled and, for TLS, which name
+/// the certificate was verified for. Two names on one address, or one name on two
+/// addresses, are different keys and never share a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PoolKey {
     pub(crate) https: bool,
+    /// Where to connect: an IP address or a host name, and a port.
     pub(crate) authority: Authority,
+    /// The name the upstream is known by when it is not the authority's host (an
+    /// endpoint found by DNS): TLS sends and verifies it.
+    pub(crate) server_name: Option<Arc<str>>,
+}
+
+impl PoolKey {
+    /// The name TLS sends (SNI) and verifies the certificate against: the server name,
+    /// else the authority's host without IPv6 brackets.
+    #[cfg_attr(not(any(feature = "tls", feature = "native-tls")), allow(dead_code))]
+    pub(crate) fn tls_name(&self) -> &str {
+        match &self.server_name {
+            Some(name) => name,
+            None => {
+                let host = self.authority.host();
+                host.strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host)
+            }
+        }
+    }
 }
 
 /// Which protocol to speak on a new connection.
@@ -88,9 +110,9 @@ struct Idle {
 
 type H2List = Vec<(PoolKey, http2::SendRequest<Body>)>;
 
-/// A connection pool over connector `K` (a `tower::Service<Uri>` that yields a stream).
-pub(crate) struct Pool<K> {
-    connector: K,
+/// A connection pool over a [`Connector`].
+pub(crate) struct Pool {
+    connector: Connector,
     config: PoolConfig,
     idle: ThreadLocal<Mutex<Vec<Idle>>>,
     h2_local: ThreadLocal<RefCell<H2List>>,
@@ -102,14 +124,8 @@ enum Conn {
     H2(http2::SendRequest<Body>),
 }
 
-impl<K> Pool<K>
-where
-    K: Service<Uri> + Clone + Send + Sync + 'static,
-    K::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
-    K::Future: Send + 'static,
-    K::Error: Into<BoxError>,
-{
-    pub(crate) fn new(connector: K, config: PoolConfig) -> Self {
+impl Pool {
+    pub(crate) fn new(connector: Connector, config: PoolConfig) -> Self {
         Pool {
             connector,
             config,
@@ -117,6 +133,11 @@ where
             h2_local: ThreadLocal::new(),
             h2_shared: Mutex::new(Vec::new()),
         }
+    }
+
+    /// How this pool dials (the upgrade path opens its own connections with it).
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// Send `req` to the upstream `key`.
@@ -302,23 +323,12 @@ where
 
     async fn connect(&self, key: &PoolKey, protocol: Protocol) -> Result<Conn, ProxyError> {
         let connect = async {
-            let uri = Uri::builder()
-                .scheme(if key.https {
-                    Scheme::HTTPS
-                } else {
-                    Scheme::HTTP
-                })
-                .authority(key.authority.clone())
-                .path_and_query("/")
-                .build()
-                .map_err(|e| ProxyError::with_cause(Kind::Connect, e))?;
-            let io = self
+            let (io, negotiated_h2) = self
                 .connector
-                .clone()
-                .oneshot(uri)
+                .connect(key, Alpn::Any)
                 .await
                 .map_err(|e| ProxyError::with_cause(Kind::Connect, e))?;
-            let h2 = protocol == Protocol::Http2 || io.connected().is_negotiated_h2();
+            let h2 = protocol == Protocol::Http2 || negotiated_h2;
             if h2 {
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -411,28 +421,22 @@ pub(crate) fn is_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-struct GiveBack<K> {
-    pool: Arc<Pool<K>>,
+struct GiveBack {
+    pool: Arc<Pool>,
     key: PoolKey,
     sender: http1::SendRequest<Body>,
 }
 
 pin_project_lite::pin_project! {
     /// A response body that returns its connection to the pool when it ends.
-    struct PooledBody<K> {
+    struct PooledBody {
         #[pin]
         inner: Incoming,
-        give_back: Option<GiveBack<K>>,
+        give_back: Option<GiveBack>,
     }
 }
 
-impl<K> HttpBody for PooledBody<K>
-where
-    K: Service<Uri> + Clone + Send + Sync + 'static,
-    K::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
-    K::Future: Send + 'static,
-    K::Error: Into<BoxError>,
-{
+impl HttpBody for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 

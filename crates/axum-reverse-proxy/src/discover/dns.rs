@@ -177,9 +177,24 @@ impl DnsDiscoverySettings {
     /// Looks up SRV records (RFC 2782) at `hostname`, which must then be the full owner name
     /// (`_service._proto.name`): each record's target is resolved (per
     /// [`with_record_types`](Self::with_record_types)) and gives endpoints on the record's
-    /// port, carrying its weight and priority ([`DnsEndpoint`]). Only the lowest priority
-    /// value whose targets resolve is used: higher values are backups. A target of `.`
-    /// ("no service") gives no endpoint. `port` is ignored.
+    /// port, carrying its weight and priority ([`DnsEndpoint`]). A target of `.` ("no
+    /// service") gives no endpoint. `port` is ignored.
+    ///
+    /// - **Priority**: each lookup uses the lowest priority value that has a target that
+    ///   resolves; the higher values are backups, used only while no target of a lower
+    ///   one resolves (a failing target's records are skipped, as RFC 2782 clients do).
+    ///   The choice is made per lookup, by DNS alone: endpoints of the chosen priority
+    ///   that fail health checks or are ejected do not bring the backups in.
+    /// - **Weight**: the endpoints of the chosen priority share traffic in proportion to
+    ///   their SRV weights, through the balancer's weighted strategies (see
+    ///   [`DnsEndpoint::effective_weight`] for weight 0).
+    /// - **Name**: requests to an endpoint carry the record's *target* (`web-1.example.com`)
+    ///   as `Host` and TLS server name, not the service's domain (`example.com`): the
+    ///   target is the name the address was resolved from, and the name that host's
+    ///   certificate is usually issued for (one certificate per instance, as with
+    ///   Kubernetes headless services). An upstream that expects the service's name (a
+    ///   virtual host) needs [`HostBehaviour::Preserve`](crate::HostBehaviour::Preserve)
+    ///   or a certificate for both.
     pub fn with_srv(mut self, srv: bool) -> Self {
         self.srv = srv;
         self
@@ -246,7 +261,12 @@ impl DnsDiscoverySettings {
 /// One resolved endpoint: an address, the URL to reach it, and what DNS said about it.
 ///
 /// It converts into its URL (`Into<String>`), so a [`DnsEndpointDiscovery`] feeds any
-/// balancer that takes URL strings.
+/// balancer that takes URL strings. The
+/// [`DiscoverableBalancedProxy`](crate::DiscoverableBalancedProxy) reads more: it
+/// connects to [`url`](Self::url) (the address), sends [`hostname`](Self::hostname) as
+/// `Host` (with the port when it is not the scheme's default) and as the TLS server name,
+/// verifying the certificate against it, and weights the endpoint by
+/// [`effective_weight`](Self::effective_weight).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DnsEndpoint {
     url: String,
@@ -254,6 +274,7 @@ pub struct DnsEndpoint {
     hostname: String,
     weight: u16,
     priority: u16,
+    effective_weight: u32,
 }
 
 impl DnsEndpoint {
@@ -267,15 +288,27 @@ impl DnsEndpoint {
         self.addr
     }
 
-    /// The DNS name this address was resolved from (the SRV target for SRV records,
-    /// without the trailing dot): what `Host` and TLS SNI should carry.
+    /// The DNS name this address was resolved from, without the trailing dot: the name
+    /// looked up for A/AAAA records, the record's target for SRV (see
+    /// [`DnsDiscoverySettings::with_srv`] for why the target). What `Host` and TLS SNI
+    /// carry.
     pub fn hostname(&self) -> &str {
         &self.hostname
     }
 
-    /// The SRV weight (1 for A/AAAA records).
+    /// The SRV weight (1 for A/AAAA records). When two SRV targets resolve to this same
+    /// address and port, their weights are added.
     pub fn weight(&self) -> u16 {
         self.weight
+    }
+
+    /// The relative weight the balancer gives this endpoint among the others of the same
+    /// lookup, at least 1, following RFC 2782: the SRV weight when every endpoint has a
+    /// non-zero one; 1 each when all are 0; and when both occur, the SRV weight × 100
+    /// with 0 counting as 1, so that weight-0 targets get "a very small chance of being
+    /// selected" (about 1 % of a weight-1 target). 1 for A/AAAA records.
+    pub fn effective_weight(&self) -> u32 {
+        self.effective_weight
     }
 
     /// The SRV priority (0 for A/AAAA records).
@@ -311,6 +344,19 @@ fn by_ip(set: &EndpointSet) -> BTreeMap<IpAddr, String> {
 
 fn by_socket_addr(set: &EndpointSet) -> BTreeMap<SocketAddr, DnsEndpoint> {
     set.clone()
+}
+
+/// The balancer weights of one SRV priority level (see [`DnsEndpoint::effective_weight`]).
+fn settle_srv_weights(set: &mut EndpointSet) {
+    let zero = set.values().any(|e| e.weight == 0);
+    let nonzero = set.values().any(|e| e.weight > 0);
+    for endpoint in set.values_mut() {
+        endpoint.effective_weight = match (zero, nonzero) {
+            (true, true) => (u32::from(endpoint.weight) * 100).max(1),
+            (false, true) => u32::from(endpoint.weight),
+            _ => 1,
+        };
+    }
 }
 
 // ===== impl Lookup =====
@@ -387,7 +433,11 @@ impl Lookup {
             })?;
         let mut valid_until = srv.as_lookup().valid_until();
         let mut records: Vec<_> = srv.iter().collect();
-        records.sort_by_key(|record| record.priority());
+        // By priority, then by target: when two targets share an address and port, the
+        // endpoint takes the first name, whatever order the server answered in.
+        records.sort_by(|a, b| {
+            (a.priority().cmp(&b.priority())).then_with(|| a.target().cmp(b.target()))
+        });
         let mut last_error = None;
         let mut i = 0;
         while i < records.len() {
@@ -422,6 +472,7 @@ impl Lookup {
                 }
             }
             if !set.is_empty() {
+                settle_srv_weights(&mut set);
                 return Ok((set, valid_until));
             }
             i = end;
@@ -443,15 +494,17 @@ impl Lookup {
         priority: u16,
     ) {
         let addr = SocketAddr::new(ip, port);
-        // `SocketAddr` displays IPv6 bracketed: `[2001:db8::1]:80`.
-        let url = format!("{}://{addr}", self.scheme);
-        set.entry(addr).or_insert_with(|| DnsEndpoint {
-            url,
-            addr,
-            hostname: hostname.to_owned(),
-            weight,
-            priority,
-        });
+        set.entry(addr)
+            .and_modify(|endpoint| endpoint.weight = endpoint.weight.saturating_add(weight))
+            .or_insert_with(|| DnsEndpoint {
+                // `SocketAddr` displays IPv6 bracketed: `[2001:db8::1]:80`.
+                url: format!("{}://{addr}", self.scheme),
+                addr,
+                hostname: hostname.to_owned(),
+                weight,
+                priority,
+                effective_weight: 1,
+            });
     }
 
     /// The addresses of `name` per the configured record types.
@@ -574,6 +627,11 @@ async fn run(lookup: Lookup, publisher: Publisher<EndpointSet>) {
 /// so it is a [`tower::discover::Discover`]. A failed lookup is an `Err` item; the previous
 /// endpoints are kept and lookups back off from the minimum refresh.
 ///
+/// Its values are 1.3's URL strings, which name the resolved IP: a balancer over this
+/// stream sends the IP as `Host` and verifies TLS against the IP, with weight 1 for every
+/// endpoint. Give the balancer [`endpoints`](Self::endpoints) instead to send the DNS name
+/// (and to use SRV weights).
+///
 /// **Clones** are independent subscribers of the same background task: a clone starts
 /// with the current endpoints replayed as Inserts, then sees every later change. Lookups
 /// are never duplicated. The task stops once the last clone (and the last
@@ -600,7 +658,9 @@ impl DnsDiscovery {
 
     /// A stream of the same task's endpoints keyed by address *and port*, with their DNS
     /// name, SRV weight and priority. With SRV records, one IP can serve several ports; this
-    /// stream keeps them all, while `DnsDiscovery` keeps the lowest port of each IP.
+    /// stream keeps them all, while `DnsDiscovery` keeps the lowest port of each IP. The
+    /// discoverable balanced proxy sends each endpoint's DNS name as `Host` and TLS server
+    /// name, and weights it by SRV weight ([`DnsEndpoint`]).
     pub fn endpoints(&self) -> DnsEndpointDiscovery {
         DnsEndpointDiscovery {
             inner: self.inner.resubscribe(by_socket_addr),

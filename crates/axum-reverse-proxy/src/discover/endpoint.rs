@@ -1,12 +1,16 @@
-//! The endpoint value of the file and etcd sources, and URL validation.
+//! The endpoint value of the file and etcd sources, URL validation, and how the balancer
+//! reads any discovered value.
 
+use std::any::Any;
 use std::fmt;
 
 use crate::error::BoxError;
 
 /// An endpoint URL with a relative weight (default 1), as listed in a file or stored in
 /// etcd. It converts into its URL (`Into<String>`), so it feeds any balancer that takes URL
-/// strings; a weighted balancer can read [`weight`](Self::weight).
+/// strings; the [`DiscoverableBalancedProxy`](crate::DiscoverableBalancedProxy) gives the
+/// endpoint its [`weight`](Self::weight). Build one from your own source to weight its
+/// endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WeightedUrl {
     url: String,
@@ -79,4 +83,58 @@ pub(crate) fn check_url(url: &str) -> Result<(), BoxError> {
         return Err(format!("invalid endpoint URL {url:?}: bad port {port:?}").into());
     }
     Ok(())
+}
+
+// ===== reading discovered values =====
+
+/// What the balancer takes from one discovered value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Described {
+    /// Where to connect.
+    pub(crate) url: String,
+    /// The name for `Host` and TLS when it is not the URL's host.
+    pub(crate) server_name: Option<String>,
+    /// The relative weight, at least 1.
+    pub(crate) weight: u32,
+}
+
+/// Read a discovered value: a [`WeightedUrl`] brings its weight, a
+/// [`DnsEndpoint`](super::DnsEndpoint) its DNS name and weight; any other value is its URL
+/// (`Into<String>`) with weight 1.
+///
+/// Why by type: the discoverable proxy accepts any `D::Service: Into<String>` (1.3's
+/// bound, kept so that 1.3 code compiles). A trait for "a URL with a weight and a name"
+/// implemented for every `Into<String>` could not also be implemented, differently, for
+/// `WeightedUrl` and `DnsEndpoint` (they convert into `String` too; Rust has no
+/// specialisation). So the two are recognised through `Any`, once per discovery change,
+/// never on the request path.
+pub(crate) fn describe<S: Into<String> + 'static>(service: S) -> Described {
+    let mut slot = Some(service);
+    let any: &mut dyn Any = &mut slot;
+    if let Some(weighted) = any
+        .downcast_mut::<Option<WeightedUrl>>()
+        .and_then(Option::take)
+    {
+        return Described {
+            weight: weighted.weight,
+            url: weighted.url,
+            server_name: None,
+        };
+    }
+    #[cfg(feature = "dns")]
+    if let Some(dns) = any
+        .downcast_mut::<Option<super::DnsEndpoint>>()
+        .and_then(Option::take)
+    {
+        return Described {
+            weight: dns.effective_weight(),
+            server_name: Some(dns.hostname().to_owned()),
+            url: dns.into(),
+        };
+    }
+    Described {
+        url: slot.map(Into::into).unwrap_or_default(),
+        server_name: None,
+        weight: 1,
+    }
 }

@@ -3,16 +3,18 @@
 //! Every source here is a `Stream` of `Result<tower::discover::Change<K, V>, E>` and so a
 //! [`tower::discover::Discover`]: `Change::Insert(key, endpoint)` adds or replaces an
 //! endpoint, `Change::Remove(key)` removes it. The endpoint values convert into their URL
-//! (`V: Into<String>`), which is what the balanced proxies take.
+//! (`V: Into<String>`), which is what the balanced proxies take; the
+//! [`DiscoverableBalancedProxy`](crate::DiscoverableBalancedProxy) also reads the weight
+//! of a [`WeightedUrl`] and the weight and DNS name of a [`DnsEndpoint`].
 //!
-//! | source | keys | values | updates |
-//! |---|---|---|---|
-//! | [`StaticDiscovery`] | URL | URL | none: Inserts once, then pending |
-//! | [`FileDiscovery`] | URL | [`WeightedUrl`] | file polled for changes |
-//! | [`DnsDiscovery`] (`dns`) | `IpAddr` | URL | TTL-aware re-lookups |
-//! | [`DnsEndpointDiscovery`] (`dns`) | `SocketAddr` | [`DnsEndpoint`] | same task as `DnsDiscovery` |
-//! | [`StaticDnsDiscovery`] (`dns`) | `IpAddr` | URL | one lookup, then the end |
-//! | [`EtcdDiscovery`] (`etcd`) | etcd key | [`WeightedUrl`] | etcd watch |
+//! | source | keys | values | weights | `Host` / TLS name | updates |
+//! |---|---|---|---|---|---|
+//! | [`StaticDiscovery`] | URL | URL | 1 | URL host | none: Inserts once, then pending |
+//! | [`FileDiscovery`] | URL | [`WeightedUrl`] | `weight=N` | URL host | file polled for changes |
+//! | [`DnsDiscovery`] (`dns`) | `IpAddr` | URL | 1 | the IP (1.3's shape) | TTL-aware re-lookups |
+//! | [`DnsEndpointDiscovery`] (`dns`) | `SocketAddr` | [`DnsEndpoint`] | SRV weights | the DNS name | same task as `DnsDiscovery` |
+//! | [`StaticDnsDiscovery`] (`dns`) | `IpAddr` | URL | 1 | the IP (1.3's shape) | one lookup, then the end |
+//! | [`EtcdDiscovery`] (`etcd`) | etcd key | [`WeightedUrl`] | `"weight": N` | URL host | etcd watch |
 //!
 //! ```
 //! use futures_util::StreamExt;
@@ -57,12 +59,31 @@
 //! last handle; [`StaticDnsDiscovery`] is `Clone`, `Send + 'static`, and usable with the
 //! balancer.
 //!
-//! **Known gap: `Host` and TLS SNI.** An endpoint is handed to the balancer as a URL string,
-//! and a URL can only name the resolved IP. So requests to a DNS-discovered endpoint carry
-//! the IP as `Host` (unless the proxy preserves the client's `Host`), and an `https://`
-//! endpoint is verified against the IP, which usually fails. [`DnsEndpoint::hostname`]
-//! already carries the DNS name; the next step is an endpoint type with a host override
-//! that the balancer uses for `Host` and SNI while connecting to the address.
+//! **`Host` and TLS: the DNS name.** [`DnsDiscovery`] keeps 1.3's item type, a URL
+//! string, which can only name the resolved IP: requests to its endpoints carry the IP as
+//! `Host` and TLS verifies the IP. Give the balancer [`DnsDiscovery::endpoints`] (or a
+//! [`DnsEndpointDiscovery`]) instead: its [`DnsEndpoint`]s carry the name, and the
+//! proxy connects to the address while sending the name as `Host` (`name:port` unless
+//! the port is the scheme's default) and as the TLS server name, verifying the
+//! certificate against it. For SRV records the name is the record's target, and weights
+//! and priorities follow RFC 2782 (see [`DnsDiscoverySettings::with_srv`]).
+//!
+//! ```no_run
+//! # #[cfg(feature = "dns")]
+//! # mod example {
+//! use axum_reverse_proxy::{DiscoverableBalancedProxy, DnsDiscovery, DnsDiscoveryConfig};
+//! use axum_reverse_proxy::LoadBalancingStrategy;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let dns = DnsDiscovery::new(DnsDiscoveryConfig::new("api.internal", 8443).with_https(true))?;
+//! // `Host: api.internal:8443`, SNI `api.internal`, connections to each resolved address.
+//! let proxy = DiscoverableBalancedProxy::new("/", dns.endpoints())
+//!     .with_strategy(LoadBalancingStrategy::WeightedRoundRobin);
+//! proxy.start_discovery().await;
+//! # Ok(())
+//! # }
+//! # }
+//! ```
 //!
 //! # etcd (feature `etcd`)
 //!
@@ -85,6 +106,7 @@ mod dns;
 mod etcd;
 
 pub use self::endpoint::WeightedUrl;
+pub(crate) use self::endpoint::describe;
 pub use self::file::{FileDiscovery, StaticDiscovery};
 
 #[cfg(feature = "dns")]

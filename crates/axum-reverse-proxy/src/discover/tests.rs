@@ -9,7 +9,7 @@ use tower::discover::Change;
 
 use super::file::parse;
 use super::publish::{Message, Publisher, Subscription, backoff};
-use super::{StaticDiscovery, WeightedUrl};
+use super::{StaticDiscovery, WeightedUrl, describe as read_value};
 
 type Set = BTreeMap<&'static str, u32>;
 
@@ -254,6 +254,25 @@ mod etcd {
             );
         }
     }
+}
+
+#[test]
+fn the_balancer_reads_weights_and_names_by_type() {
+    let plain = read_value("http://10.0.0.1:80".to_owned());
+    assert_eq!(
+        (plain.url.as_str(), plain.server_name, plain.weight),
+        ("http://10.0.0.1:80", None, 1)
+    );
+    let borrowed = read_value("http://10.0.0.2:80");
+    assert_eq!(
+        (borrowed.url.as_str(), borrowed.weight),
+        ("http://10.0.0.2:80", 1)
+    );
+    let weighted = read_value(WeightedUrl::new("http://10.0.0.3:80", 7).unwrap());
+    assert_eq!(
+        (weighted.url.as_str(), weighted.server_name, weighted.weight),
+        ("http://10.0.0.3:80", None, 7)
+    );
 }
 
 #[test]

@@ -163,6 +163,30 @@ where
         self
     }
 
+    /// Speak TLS to an `https` target with rustls and `config` (its root certificates,
+    /// client certificate, protocol versions), through a connection pool of the proxy's
+    /// own; the proxy sets ALPN. This replaces the client given to `new_with_client`.
+    ///
+    /// ```
+    /// use axum_reverse_proxy::ReverseProxy;
+    ///
+    /// # fn build(roots: rustls::RootCertStore) {
+    /// let config = rustls::ClientConfig::builder_with_provider(
+    ///     rustls::crypto::ring::default_provider().into(),
+    /// )
+    /// .with_safe_default_protocol_versions()
+    /// .unwrap()
+    /// .with_root_certificates(roots)
+    /// .with_no_client_auth();
+    /// let proxy = ReverseProxy::new("/", "https://internal.example:8443").with_tls_config(config);
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn with_tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.forwarder.transport = Transport::Pool(client::new_rustls_pool(config));
+        self
+    }
+
     /// The proxy's policy.
     pub fn policy(&self) -> &ProxyPolicy {
         self.forwarder.policy()

@@ -2,25 +2,22 @@
 //!
 //! An upgrade needs HTTP/1.1: HTTP/2 has no `Upgrade`. Our pool would hand out an
 //! HTTP/2 connection when one is cached for the upstream (gRPC, h2c) or when TLS ALPN
-//! picks `h2`, so proxies on the default transport dial a fresh connection with the same
-//! connector settings (TCP options, roots) but ALPN limited to `http/1.1`. The
-//! connection is never pooled: after a 101 it belongs to the tunnel.
+//! picks `h2`, so proxies on the default transport dial a fresh connection with the
+//! pool's connector (TCP options, TLS trust, the endpoint's name) but ALPN limited to
+//! HTTP/1.1. The connection is never pooled: after a 101 it belongs to the tunnel.
 //!
 //! Proxies built with a user's client send through that client, whose connector and TLS
 //! settings apply. If its connector offers `h2` by ALPN and the upstream picks it, the
 //! upgrade cannot happen (the upstream answers the `GET` as a plain request); build
 //! such a client's connector with HTTP/1.1 only for WebSocket upstreams.
 
-use std::sync::OnceLock;
-
 use axum::body::Body;
-use http::uri::{Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper_util::client::legacy::connect::Connect;
-use tower::ServiceExt;
 
-use crate::client::pool::classify_send_error;
-use crate::client::{ProxyConnector, Transport};
+use crate::client::Transport;
+use crate::client::connect::Alpn;
+use crate::client::pool::{Pool, classify_send_error};
 use crate::error::{Kind, ProxyError};
 use crate::uri::Target;
 
@@ -34,7 +31,7 @@ where
     C: Connect + Clone + Send + Sync + 'static,
 {
     match transport {
-        Transport::Pool(_) => send_http1(target, req).await,
+        Transport::Pool(pool) => send_http1(pool, target, req).await,
         Transport::Client(_) => {
             let response = transport.send(target, req, false).await?;
             if response.version() == Version::HTTP_2 {
@@ -50,19 +47,14 @@ where
 }
 
 /// One request on a new HTTP/1.1 connection, kept open for an upgrade.
-async fn send_http1(target: &Target, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-    let uri = Uri::builder()
-        .scheme(if target.is_https() {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        })
-        .authority(target.authority().clone())
-        .path_and_query("/")
-        .build()
-        .map_err(|e| ProxyError::with_cause(Kind::Connect, e))?;
-    let io = http1_connector()
-        .oneshot(uri)
+async fn send_http1(
+    pool: &Pool,
+    target: &Target,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let (io, _) = pool
+        .connector()
+        .connect(target.pool_key(), Alpn::Http1)
         .await
         .map_err(|e| ProxyError::with_cause(Kind::Connect, e))?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -82,35 +74,4 @@ async fn send_http1(target: &Target, req: Request<Body>) -> Result<Response<Body
         .await
         .map_err(classify_send_error)?;
     Ok(response.map(Body::new))
-}
-
-/// The default connector with ALPN limited to HTTP/1.1, built once per process.
-fn http1_connector() -> ProxyConnector {
-    static CONNECTOR: OnceLock<ProxyConnector> = OnceLock::new();
-    CONNECTOR.get_or_init(build_http1_connector).clone()
-}
-
-#[cfg(feature = "native-tls")]
-fn build_http1_connector() -> ProxyConnector {
-    use crate::client::http_connector;
-    // As for the default connector: without a TLS library there is no proxy at all.
-    let tls = native_tls::TlsConnector::builder()
-        .request_alpns(&["http/1.1"])
-        .build()
-        .expect("the system TLS library could not build a client connector");
-    hyper_tls::HttpsConnector::from((http_connector(), tokio_native_tls::TlsConnector::from(tls)))
-}
-
-#[cfg(all(feature = "tls", not(feature = "native-tls")))]
-fn build_http1_connector() -> ProxyConnector {
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::client::tls::default_rustls_config())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(crate::client::http_connector())
-}
-
-#[cfg(not(any(feature = "tls", feature = "native-tls")))]
-fn build_http1_connector() -> ProxyConnector {
-    crate::client::http_connector()
 }

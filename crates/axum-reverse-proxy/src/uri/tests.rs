@@ -84,6 +84,64 @@ fn target_parsing() {
     }
 }
 
+#[test]
+fn a_server_name_changes_host_and_tls_name_but_not_the_address() {
+    let named = |url: &str, name: &str| Target::parse(url).unwrap().with_server_name(name);
+
+    let t = named("http://127.0.0.1:8080/base", "backend.test.").unwrap();
+    assert_eq!(t.host_header(), "backend.test:8080");
+    assert_eq!(t.server_name(), Some("backend.test"));
+    assert_eq!(t.authority().as_str(), "127.0.0.1:8080");
+    assert_eq!(t.as_str(), "http://127.0.0.1:8080/base");
+    assert_eq!(t.pool_key().tls_name(), "backend.test");
+
+    // The scheme's default port is left out of Host.
+    let t = named("https://[2001:db8::1]:443", "backend.test").unwrap();
+    assert_eq!(t.host_header(), "backend.test");
+    assert_eq!(t.authority().host(), "[2001:db8::1]");
+    let t = named("http://10.0.0.1:80", "web.test").unwrap();
+    assert_eq!(t.host_header(), "web.test");
+    let t = named("https://10.0.0.1:80", "web.test").unwrap();
+    assert_eq!(t.host_header(), "web.test:80");
+
+    // An IPv6 name is bracketed in Host; the name of the URL's own host changes nothing.
+    let t = named("http://10.0.0.1:8080", "2001:db8::7").unwrap();
+    assert_eq!(t.host_header(), "[2001:db8::7]:8080");
+    assert_eq!(t.pool_key().tls_name(), "2001:db8::7");
+    let t = named("http://[::1]:8080", "[::1]").unwrap();
+    assert_eq!(t.server_name(), None);
+    assert_eq!(t.pool_key().tls_name(), "::1");
+    let t = named("http://Example.com:8080", "example.com").unwrap();
+    assert_eq!(t.server_name(), None);
+    assert_eq!(t.host_header(), "Example.com:8080");
+
+    for bad in ["", ".", "a b", "user@host", "host/path", "ho\nst", "a:b:c"] {
+        assert!(named("http://10.0.0.1:8080", bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn pool_keys_tell_names_and_addresses_apart() {
+    let key = |url: &str, name: Option<&str>| {
+        let t = Target::parse(url).unwrap();
+        let t = match name {
+            Some(name) => t.with_server_name(name).unwrap(),
+            None => t,
+        };
+        t.pool_key().clone()
+    };
+    let a_on_1 = key("https://10.0.0.1:443", Some("a.test"));
+    assert_eq!(
+        a_on_1,
+        key("https://10.0.0.1:443/other/path", Some("a.test"))
+    );
+    // Two names on one address, one name on two addresses, a name or none: all apart.
+    assert_ne!(a_on_1, key("https://10.0.0.1:443", Some("b.test")));
+    assert_ne!(a_on_1, key("https://10.0.0.2:443", Some("a.test")));
+    assert_ne!(a_on_1, key("https://10.0.0.1:443", None));
+    assert_ne!(a_on_1, key("http://10.0.0.1:443", Some("a.test")));
+}
+
 fn segment() -> impl Strategy<Value = String> {
     // Raw path bytes a client may send, percent-encodings and dots included.
     proptest::string::string_regex("([a-zA-Z0-9._~-]|%2F|%20|%25){0,6}").unwrap()

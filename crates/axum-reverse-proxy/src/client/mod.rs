@@ -152,10 +152,9 @@ where
                 let protocol = if h2c { Protocol::Http2 } else { Protocol::Auto };
                 pool.send(target.pool_key(), req, protocol).await
             }
+            // Boxed: a second pool's future inline would double the size of this one.
             Transport::Client(_) if h2c => {
-                h2c_pool()
-                    .send(target.pool_key(), req, Protocol::Http2)
-                    .await
+                Box::pin(h2c_pool().send(target.pool_key(), req, Protocol::Http2)).await
             }
             Transport::Client(client) => {
                 let mut req = req;

@@ -155,7 +155,9 @@ impl Pool {
         loop {
             let (conn, reused) = match self.checkout(key, protocol).await {
                 Some(conn) => (conn, true),
-                None => (self.connect(key, protocol).await?, false),
+                // Boxed: the connect future (connector, TLS, handshakes) is several KiB,
+                // and only a pool miss needs it; inline, every request would carry it.
+                None => (Box::pin(self.connect(key, protocol)).await?, false),
             };
             let result = match conn {
                 Conn::H1(mut sender) => {

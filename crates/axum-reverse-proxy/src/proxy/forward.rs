@@ -234,8 +234,9 @@ where
         if let Some(mut upgrade) = upgrade.take() {
             let body = upgrade.prepare(&mut parts, body);
             let req = Request::from_parts(parts, body);
-            let response = upgrade
-                .send(&self.transport, target, req, policy)
+            // Boxed: dialling an upgrade is a large future, and keeping it inline would
+            // make every plain request's future (moved into a box per request) that large.
+            let response = Box::pin(upgrade.send(&self.transport, target, req, policy))
                 .await
                 .map_err(fail)?;
             let response = upgrade

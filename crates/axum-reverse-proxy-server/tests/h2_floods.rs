@@ -352,9 +352,10 @@ async fn paced_resets_that_evade_the_accept_queue_are_cut_off() {
     }
     let (streams, frame) = refused_by.expect("1000 paced resets and still served");
     // The 11th reset trips the limit: the next stream is answered without the upstream
-    // (503), or the GOAWAY comes first. (The proxy notices a reset on the stream's own
-    // task, so one more stream may slip through before it has.)
-    assert!((11..=12).contains(&streams), "{streams} streams; {frame:?}");
+    // (503), or the GOAWAY comes first. The proxy notices a reset on the stream's own
+    // task, so the stream sent right after it may still reach the upstream (and the
+    // GOAWAY may come while it does): at most 11 + 2 requests reach it.
+    assert!((11..=13).contains(&streams), "{streams} streams; {frame:?}");
     match &frame {
         Some(f) if f.kind == h2::HEADERS => assert_eq!(f.status(), Some(503), "{f:?}"),
         Some(f) if f.kind == h2::GOAWAY => {}
@@ -366,7 +367,12 @@ async fn paced_resets_that_evade_the_accept_queue_are_cut_off() {
         frame.as_ref().is_some_and(|f| f.kind == h2::GOAWAY) || !goaways.is_empty(),
         "closed without GOAWAY"
     );
-    assert_eq!(gate.seen(), streams as usize);
+    let seen = gate.seen();
+    assert!(
+        seen == streams as usize || seen == streams as usize + 1,
+        "{seen} requests reached the upstream for {streams} streams"
+    );
+    assert!(seen <= 13, "{seen} requests reached the upstream");
 }
 
 /// The proxy's resident memory, from /proc.

@@ -1,22 +1,42 @@
-//! Server limits from `[server]`: header bytes, body bytes, header-read timeout, idle
-//! timeout, max connections. Timeouts are awaited (the server closes the socket), not
-//! slept through.
+//! Server limits from `[server]`: head bytes, header count, URI length, body bytes (also
+//! chunked, over the limit mid-stream), the header-read deadline against tricklers,
+//! keep-alive and idle timeouts (HTTP/1.1 and HTTP/2), max connections, and the same
+//! limits through TLS. Timeouts are awaited (the server closes the socket), not slept
+//! through; sleeps only pace a client whose slowness is the point.
+//! HTTP/2 floods (streams, rapid reset, CONTINUATION) are in `h2_floods.rs`.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, TempDir, client, echo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::any;
+use common::h2::{self, Conn};
+use common::{PATIENCE, Proxy, TempDir, client, echo, serve};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 fn limited(upstream: std::net::SocketAddr, server: &str) -> String {
     common::simple_config(upstream, "")
         .replace("[admin]", &format!("[server]\n{server}\n\n[admin]"))
 }
 
+/// `limited`, plus a second listener `mixed` that also takes HTTP/2 by prior knowledge
+/// (its connections start by telling the two versions apart).
+fn limited_mixed(upstream: std::net::SocketAddr, server: &str) -> String {
+    limited(upstream, server) + "\n[listeners.mixed]\naddress = \"127.0.0.1:0\"\nh2c = true\n"
+}
+
+fn addr_of(proxy: &Proxy, listener: &str) -> String {
+    proxy.listener_url(listener).replace("http://", "")
+}
+
 /// Read one response with a Content-Length body; returns the head and body as text.
-async fn read_response(tcp: &mut TcpStream) -> String {
+async fn read_response<S: AsyncRead + Unpin>(tcp: &mut S) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -41,7 +61,7 @@ async fn read_response(tcp: &mut TcpStream) -> String {
 }
 
 /// Wait until the server closes the connection (EOF or reset); returns how long it took.
-async fn closed_after(tcp: &mut TcpStream) -> Duration {
+async fn closed_after<S: AsyncRead + Unpin>(tcp: &mut S) -> Duration {
     let start = Instant::now();
     let mut chunk = [0u8; 1024];
     let waited = tokio::time::timeout(common::PATIENCE, async {
@@ -165,4 +185,565 @@ async fn connections_over_the_limit_are_refused() {
         "{metrics}"
     );
     drop(first);
+}
+
+// ===== head limits: exact, on both versions =====
+
+/// A request head of exactly `size` bytes: `GET / HTTP/1.1`, Host, one padding header.
+fn head_of_size(size: usize) -> Vec<u8> {
+    let fixed = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
+    let pad = "a".repeat(size - fixed);
+    format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n").into_bytes()
+}
+
+/// A request with Host and `count - 1` more header fields.
+fn head_with_headers(count: usize) -> Vec<u8> {
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 1..count {
+        head.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// The status of the answer to one request, each on its own connection.
+async fn status_of(addr: &str, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let response = read_response(&mut tcp).await;
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Send one request on `stream` and read its response status (HTTP/2).
+async fn h2_status<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    stream: u32,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
+    let block = h2::request_block("GET", path, headers);
+    conn.send(&h2::frame(
+        h2::HEADERS,
+        h2::END_STREAM | h2::END_HEADERS,
+        stream,
+        &block,
+    ))
+    .await
+    .unwrap();
+    loop {
+        let f = conn
+            .next_frame(PATIENCE)
+            .await
+            .expect("the connection closed");
+        match f.kind {
+            h2::HEADERS if f.stream == stream => {
+                return f
+                    .status()
+                    .unwrap_or_else(|| panic!("no readable :status in {f:?}"));
+            }
+            h2::DATA | h2::HEADERS | h2::RST_STREAM if f.stream != stream => {}
+            h2::DATA => {}
+            _ => panic!("unexpected frame {f:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_bytes_header_count_and_uri_length_are_exact() {
+    let upstream = echo("h").await;
+    let dir = TempDir::new("head-limits");
+    let path = dir.write(
+        "proxy.toml",
+        &limited_mixed(
+            upstream,
+            "max_header_bytes = 8192\nmax_header_count = 10\nmax_uri_bytes = 300",
+        ),
+    );
+    let proxy = Proxy::with_config(&path);
+
+    // HTTP/1.1, on the plain listener and on the one that also speaks h2c.
+    for listener in ["web", "mixed"] {
+        let addr = addr_of(&proxy, listener);
+        let ctx = format!("listener {listener}");
+        assert_eq!(
+            status_of(&addr, &head_of_size(8192)).await,
+            "HTTP/1.1 200 OK",
+            "{ctx}"
+        );
+        assert!(
+            status_of(&addr, &head_of_size(8193))
+                .await
+                .starts_with("HTTP/1.1 431"),
+            "{ctx}"
+        );
+        assert_eq!(
+            status_of(&addr, &head_with_headers(10)).await,
+            "HTTP/1.1 200 OK",
+            "{ctx}"
+        );
+        assert!(
+            status_of(&addr, &head_with_headers(11))
+                .await
+                .starts_with("HTTP/1.1 431"),
+            "{ctx}"
+        );
+        let target = format!("/{}", "u".repeat(299));
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let response = read_response(&mut tcp).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{ctx}: {response}");
+        assert!(response.contains(&format!("\"uri\":\"{target}\"")), "{ctx}");
+        let long = format!("GET {target}u HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            status_of(&addr, long.as_bytes()).await,
+            "HTTP/1.1 414 URI Too Long",
+            "{ctx}"
+        );
+    }
+
+    // HTTP/2: the same count and URI limits (pseudo-headers are not header fields).
+    let tcp = TcpStream::connect(addr_of(&proxy, "mixed")).await.unwrap();
+    let (mut conn, settings) = Conn::handshake(tcp).await;
+    assert!(
+        settings.contains(&(h2::SETTINGS_MAX_HEADER_LIST_SIZE, 8192)),
+        "{settings:?}"
+    );
+    let names: Vec<String> = (0..11).map(|i| format!("x-h{i}")).collect();
+    let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    assert_eq!(h2_status(&mut conn, 1, "/", &fields[..10]).await, 200);
+    assert_eq!(h2_status(&mut conn, 3, "/", &fields).await, 431);
+    let target = format!("/{}", "u".repeat(299));
+    assert_eq!(h2_status(&mut conn, 5, &target, &[]).await, 200);
+    assert_eq!(
+        h2_status(&mut conn, 7, &format!("{target}u"), &[]).await,
+        414
+    );
+    // The connection survives all of it.
+    assert_eq!(h2_status(&mut conn, 9, "/", &[]).await, 200);
+    // A header list over max_header_bytes (as RFC 9113 counts it): 431 from h2 itself.
+    // (On a new connection: this client cannot read a status the server sends as a
+    // reference to its HPACK table, as it does for a status it sent before.)
+    let tcp = TcpStream::connect(addr_of(&proxy, "mixed")).await.unwrap();
+    let (mut conn, _) = Conn::handshake(tcp).await;
+    let big = "b".repeat(9000);
+    assert_eq!(h2_status(&mut conn, 1, "/", &[("x-big", &big)]).await, 431);
+}
+
+// ===== the head deadline against tricklers; keep-alive; idle =====
+
+/// Connect, then send `pieces` one by one, `every` apart, until the server closes the
+/// connection; returns how long after starting to connect it did. (An HTTP/2 server
+/// answers SETTINGS with its own before the request is complete: reads that do not
+/// close the connection are ignored, it is the request that must not be answered.)
+async fn trickle(addr: String, pieces: Vec<Vec<u8>>, every: Duration) -> Duration {
+    let start = Instant::now();
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    let mut chunk = [0u8; 1024];
+    for piece in pieces {
+        if tcp.write_all(&piece).await.is_err() {
+            return start.elapsed();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            read = tcp.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return start.elapsed(),
+                Ok(n) => assert!(
+                    !String::from_utf8_lossy(&chunk[..n]).starts_with("HTTP/1.1"),
+                    "a trickled head was answered"
+                ),
+            },
+        }
+    }
+    panic!("the server never closed the trickling connection");
+}
+
+/// Header lines of a never-ending request head.
+fn head_lines(n: usize) -> Vec<Vec<u8>> {
+    let mut lines = vec![b"GET / HTTP/1.1\r\n".to_vec(), b"Host: x\r\n".to_vec()];
+    lines.extend((0..n).map(|i| format!("X-Slow-{i}: y\r\n").into_bytes()));
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_at_the_deadline_while_others_are_served() {
+    let upstream = echo("s").await;
+    let dir = TempDir::new("trickle");
+    let path = dir.write(
+        "proxy.toml",
+        &limited_mixed(
+            upstream,
+            "header_read_timeout = \"3s\"\nidle_timeout = \"60s\"",
+        ),
+    );
+    let proxy = Proxy::with_config(&path);
+    let (web, mixed) = (addr_of(&proxy, "web"), addr_of(&proxy, "mixed"));
+
+    // One header line every 2 s: each read comes well within 3 s of the last, so only a
+    // total deadline for the head closes these. And an HTTP/2 client sending its
+    // preface, SETTINGS and first request one byte every 500 ms.
+    let lines = head_lines(20);
+    let mut h2_start = h2::PREFACE.to_vec();
+    h2_start.extend(h2::settings(&[]));
+    h2_start.extend(h2::get(1, "/"));
+    let bytes: Vec<Vec<u8>> = h2_start.into_iter().map(|b| vec![b]).collect();
+    let tricklers = tokio::spawn(async move {
+        tokio::join!(
+            trickle(web, lines.clone(), Duration::from_secs(2)),
+            trickle(mixed.clone(), lines, Duration::from_secs(2)),
+            trickle(mixed, bytes, Duration::from_millis(500)),
+        )
+    });
+
+    // Meanwhile other clients, each on a new connection, are served at once.
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut served = 0;
+    while !tricklers.is_finished() {
+        for listener in ["web", "mixed"] {
+            let start = Instant::now();
+            let resp = other
+                .get(format!("{}/", proxy.listener_url(listener)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap();
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(1), "a request took {took:?}");
+            served += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (lines_web, lines_mixed, bytes_mixed) = tricklers.await.unwrap();
+    for (what, took) in [
+        ("lines, plain listener", lines_web),
+        ("lines, h2c listener", lines_mixed),
+        ("HTTP/2 bytes, h2c listener", bytes_mixed),
+    ] {
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_millis(4500),
+            "{what}: closed after {took:?}, not at the 3 s deadline"
+        );
+    }
+    assert!(served >= 10, "only {served} requests served meanwhile");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_outlive_the_header_read_timeout() {
+    let upstream = echo("k").await;
+    let dir = TempDir::new("keepalive");
+    let path = dir.write(
+        "proxy.toml",
+        &limited_mixed(
+            upstream,
+            "header_read_timeout = \"1s\"\nidle_timeout = \"10s\"",
+        ),
+    );
+    let proxy = Proxy::with_config(&path);
+    let reuse = |addr: String| async move {
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_response(&mut tcp).await;
+        // Longer than header_read_timeout, shorter than idle_timeout: the connection
+        // waits for the next request.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tcp.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let second = read_response(&mut tcp).await;
+        (first, second)
+    };
+    let (web, mixed) = tokio::join!(
+        reuse(addr_of(&proxy, "web")),
+        reuse(addr_of(&proxy, "mixed"))
+    );
+    for (first, second) in [web, mixed] {
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        assert!(second.contains("\"uri\":\"/2\""), "{second}");
+    }
+}
+
+/// Read frames until stream `id` ends; returns its status.
+async fn h2_complete<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, id: u32) -> u16 {
+    let mut status = None;
+    loop {
+        let f = conn
+            .next_frame(PATIENCE)
+            .await
+            .expect("closed mid-response");
+        if f.stream != id {
+            continue;
+        }
+        if f.kind == h2::HEADERS && status.is_none() {
+            status = f.status();
+        }
+        if matches!(f.kind, h2::HEADERS | h2::DATA) && f.flags & h2::END_STREAM != 0 {
+            return status.expect("a status");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_idle_out_and_must_send_a_request_in_time() {
+    let upstream = echo("i2").await;
+    let dir = TempDir::new("h2-idle");
+    let path = dir.write(
+        "proxy.toml",
+        &limited_mixed(
+            upstream,
+            "header_read_timeout = \"1s\"\nidle_timeout = \"3s\"",
+        ),
+    );
+    let proxy = Proxy::with_config(&path);
+    let addr = addr_of(&proxy, "mixed");
+
+    // No request at all: closed at header_read_timeout.
+    let silent = {
+        let addr = addr.clone();
+        async move {
+            let start = Instant::now();
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            let (mut conn, _) = Conn::handshake(tcp).await;
+            conn.until_closed(PATIENCE, true).await;
+            start.elapsed()
+        }
+    };
+    // One request, then nothing: GOAWAY and closed at idle_timeout (not at the head
+    // deadline), whether the client answers the GOAWAY's PING or not.
+    let idle = |answer_pings: bool| {
+        let addr = addr.clone();
+        async move {
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            let (mut conn, _) = Conn::handshake(tcp).await;
+            conn.send(&h2::get(1, "/")).await.unwrap();
+            assert_eq!(h2_complete(&mut conn, 1).await, 200);
+            let start = Instant::now();
+            let goaways = conn.until_closed(PATIENCE, answer_pings).await;
+            (start.elapsed(), goaways)
+        }
+    };
+    let (silent, (acked, acked_goaways), (ignored, ignored_goaways)) =
+        tokio::join!(silent, idle(true), idle(false));
+    assert!(
+        silent >= Duration::from_millis(900) && silent < Duration::from_millis(2500),
+        "a silent HTTP/2 connection closed after {silent:?}"
+    );
+    for (took, goaways) in [(acked, acked_goaways), (ignored, ignored_goaways)] {
+        assert!(took >= Duration::from_millis(2500), "closed after {took:?}");
+        assert!(
+            goaways.iter().any(|g| g.error_code() == Some(h2::NO_ERROR)),
+            "{goaways:?}"
+        );
+    }
+}
+
+// ===== body limit, chunked, exceeded mid-stream =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_limit_never_reaches_the_upstream_whole() {
+    // The upstream reports when a request starts and what reading its body gave.
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let (outcome_tx, mut outcome) = mpsc::unbounded_channel::<Result<usize, String>>();
+    let upstream = serve(Router::new().fallback(any(move |req: Request| {
+        let started_tx = started_tx.clone();
+        let outcome_tx = outcome_tx.clone();
+        async move {
+            let _ = started_tx.send(());
+            let read = axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .map(|b| b.len())
+                .map_err(|e| e.to_string());
+            let _ = outcome_tx.send(read);
+            "read"
+        }
+    })))
+    .await;
+    let dir = TempDir::new("chunked");
+    let config = format!(
+        r#"
+[server]
+max_body_bytes = 1000
+
+[listeners.web]
+address = "127.0.0.1:0"
+
+[pools.one]
+targets = ["http://{upstream}"]
+
+[pools.two]
+targets = ["http://{upstream}"]
+h2c = true
+
+[[routes]]
+prefix = "/h1"
+pool = "one"
+
+[[routes]]
+prefix = "/h2"
+pool = "two"
+"#
+    );
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let addr = addr_of(&proxy, "web");
+    let chunk = format!("12c\r\n{}\r\n", "c".repeat(300));
+
+    for upstream_version in ["/h1", "/h2"] {
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {upstream_version}/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        tcp.write_all(format!("{head}{chunk}").as_bytes())
+            .await
+            .unwrap();
+        // The request is on its way upstream before the body is over the limit.
+        tokio::time::timeout(PATIENCE, started.recv())
+            .await
+            .expect("the request never reached the upstream");
+        // Three more chunks (1200 bytes in all) and the end: over the limit mid-stream.
+        let rest = format!("{chunk}{chunk}{chunk}0\r\n\r\n");
+        let _ = tcp.write_all(rest.as_bytes()).await;
+        // The upstream saw its body end in an error, never a complete request.
+        let read = tokio::time::timeout(PATIENCE, outcome.recv())
+            .await
+            .expect("the upstream never finished reading")
+            .unwrap();
+        assert!(
+            read.is_err(),
+            "{upstream_version}: the upstream read {read:?}"
+        );
+        let response = read_response(&mut tcp).await;
+        assert!(
+            response.starts_with("HTTP/1.1 413"),
+            "{upstream_version}: {response}"
+        );
+    }
+}
+
+// ===== TLS =====
+
+struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl TlsClient {
+    /// A certificate for `limits.test` in `dir` (limits.pem, limits.key) and a client
+    /// trusting it, offering `alpn`.
+    fn new(
+        dir: &TempDir,
+        alpn: &[&[u8]],
+    ) -> (TlsClient, rustls::pki_types::CertificateDer<'static>) {
+        let generated = rcgen::generate_simple_self_signed(vec!["limits.test".to_owned()]).unwrap();
+        std::fs::write(dir.path("limits.pem"), generated.cert.pem()).unwrap();
+        std::fs::write(dir.path("limits.key"), generated.key_pair.serialize_pem()).unwrap();
+        let der = generated.cert.der().clone();
+        let client = TlsClient::trusting(&der, alpn);
+        (client, der)
+    }
+
+    fn trusting(der: &rustls::pki_types::CertificateDer<'static>, alpn: &[&[u8]]) -> TlsClient {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        self.connector
+            .connect(ServerName::try_from("limits.test").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_hold_on_tls_listeners() {
+    let upstream = echo("tls").await;
+    let dir = TempDir::new("tls-limits");
+    let (h1, der) = TlsClient::new(&dir, &[b"http/1.1"]);
+    let h2c = TlsClient::trusting(&der, &[b"h2"]);
+    let config = format!(
+        r#"
+[server]
+header_read_timeout = "2s"
+max_header_count = 10
+
+[listeners.secure]
+address = "127.0.0.1:0"
+
+[[listeners.secure.tls.certificates]]
+server_names = ["limits.test"]
+cert = "limits.pem"
+key = "limits.key"
+default = true
+
+[pools.main]
+targets = ["http://{upstream}"]
+
+[[routes]]
+pool = "main"
+"#
+    );
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let addr = proxy.listener_url("secure").replace("https://", "");
+
+    // A trickled head over TLS: closed at the deadline, counted from the TCP accept.
+    let trickler = async {
+        let start = Instant::now();
+        let mut tls = h1.connect(&addr).await;
+        let mut chunk = [0u8; 256];
+        for line in head_lines(20) {
+            if tls.write_all(&line).await.is_err() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(700)) => {}
+                read = tls.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => panic!("a trickled head was answered"),
+                },
+            }
+        }
+        start.elapsed()
+    };
+    // Header count, HTTP/1.1 and HTTP/2 (by ALPN).
+    let counts = async {
+        let mut tls = h1.connect(&addr).await;
+        tls.write_all(&head_with_headers(10)).await.unwrap();
+        assert!(read_response(&mut tls).await.starts_with("HTTP/1.1 200"));
+        let mut tls = h1.connect(&addr).await;
+        tls.write_all(&head_with_headers(11)).await.unwrap();
+        assert!(read_response(&mut tls).await.starts_with("HTTP/1.1 431"));
+
+        let tls = h2c.connect(&addr).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut conn, _) = Conn::handshake(tls).await;
+        let names: Vec<String> = (0..11).map(|i| format!("x-h{i}")).collect();
+        let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        assert_eq!(h2_status(&mut conn, 1, "/", &fields[..10]).await, 200);
+        assert_eq!(h2_status(&mut conn, 3, "/", &fields).await, 431);
+    };
+    let (took, ()) = tokio::join!(trickler, counts);
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
+        "closed after {took:?}, not at the 2 s deadline"
+    );
 }

@@ -178,6 +178,10 @@ mod tests {
         assert_eq!(s["header_read_timeout"], "10s");
         assert_eq!(s["idle_timeout"], "1m");
         assert_eq!(s["max_connections"], 10000);
+        assert_eq!(s["max_header_count"], 100);
+        assert_eq!(s["max_uri_bytes"], 8192);
+        assert_eq!(s["http2_max_concurrent_streams"], 128);
+        assert_eq!(s["http2_max_reset_streams"], 100);
         assert_eq!(json["access_log"]["format"], "text");
         assert_eq!(json["access_log"]["output"], "stdout");
         let l = &json["listeners"]["l"];

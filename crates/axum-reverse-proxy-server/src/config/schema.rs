@@ -49,8 +49,13 @@ pub(crate) struct ServerConfig {
     pub(crate) workers: Option<Spanned<usize>>,
     /// How long shutdown waits for in-flight requests and open WebSockets before closing.
     pub(crate) shutdown_timeout: Interval,
-    /// Largest request head (request line and headers) accepted.
+    /// Largest request head (request line, headers, blank line) accepted (431 beyond);
+    /// for HTTP/2 the header list size as RFC 9113 counts it.
     pub(crate) max_header_bytes: Spanned<ByteSize>,
+    /// Most header fields in a request (431 beyond).
+    pub(crate) max_header_count: Spanned<usize>,
+    /// Longest request target path and query (414 beyond).
+    pub(crate) max_uri_bytes: Spanned<ByteSize>,
     /// Largest request body accepted (413 beyond); a pool's own limit may lower it.
     pub(crate) max_body_bytes: Option<ByteSize>,
     /// How long a client may take to send a request head (and the TLS handshake).
@@ -59,6 +64,12 @@ pub(crate) struct ServerConfig {
     pub(crate) idle_timeout: Spanned<Interval>,
     /// Most client connections open at once over all listeners; more are refused.
     pub(crate) max_connections: Spanned<usize>,
+    /// HTTP/2: most streams a client may have open at once on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused with `REFUSED_STREAM`.
+    pub(crate) http2_max_concurrent_streams: Spanned<u32>,
+    /// HTTP/2: streams a client may cancel before their response starts; past this, when
+    /// they are most of the connection's streams, it is closed (rapid reset).
+    pub(crate) http2_max_reset_streams: Spanned<u64>,
 }
 
 impl Default for ServerConfig {
@@ -67,10 +78,14 @@ impl Default for ServerConfig {
             workers: None,
             shutdown_timeout: Interval::secs(30),
             max_header_bytes: Spanned::new(0..0, ByteSize(64 * 1024)),
+            max_header_count: Spanned::new(0..0, 100),
+            max_uri_bytes: Spanned::new(0..0, ByteSize(8 * 1024)),
             max_body_bytes: None,
             header_read_timeout: Spanned::new(0..0, Interval::secs(10)),
             idle_timeout: Spanned::new(0..0, Interval::secs(60)),
             max_connections: Spanned::new(0..0, 10_000),
+            http2_max_concurrent_streams: Spanned::new(0..0, 128),
+            http2_max_reset_streams: Spanned::new(0..0, 100),
         }
     }
 }

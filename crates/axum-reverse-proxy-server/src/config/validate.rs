@@ -59,6 +59,49 @@ fn server(cfg: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
             "HTTP/1 needs room for the request line and headers; use e.g. \"64KiB\"",
         ));
     }
+    if !(1..=1000).contains(s.max_header_count.get_ref()) {
+        errors.push(loc.error(
+            &s.max_header_count.span(),
+            "server.max_header_count",
+            "must be between 1 and 1000",
+            "the default is 100; each request's header index is sized by it",
+        ));
+    }
+    let uri = s.max_uri_bytes.get_ref().0;
+    if !(256..=65_534).contains(&uri) {
+        errors.push(loc.error(
+            &s.max_uri_bytes.span(),
+            "server.max_uri_bytes",
+            "must be between 256 and 65534 bytes",
+            "RFC 9110 recommends accepting at least 8000; the default is \"8KiB\"",
+        ));
+    } else if uri > s.max_header_bytes.get_ref().0 {
+        errors.push(loc.error(
+            &s.max_uri_bytes.span(),
+            "server.max_uri_bytes",
+            format!(
+                "is larger than server.max_header_bytes ({} bytes), which the request line is part of",
+                s.max_header_bytes.get_ref().0
+            ),
+            "lower max_uri_bytes or raise max_header_bytes",
+        ));
+    }
+    if !(1..=10_000).contains(s.http2_max_concurrent_streams.get_ref()) {
+        errors.push(loc.error(
+            &s.http2_max_concurrent_streams.span(),
+            "server.http2_max_concurrent_streams",
+            "must be between 1 and 10000",
+            "the default is 128; RFC 9113 recommends at least 100",
+        ));
+    }
+    if *s.http2_max_reset_streams.get_ref() > 1_000_000 {
+        errors.push(loc.error(
+            &s.http2_max_reset_streams.span(),
+            "server.http2_max_reset_streams",
+            "must be at most 1000000",
+            "the default is 100; a high value lets a client make the upstream start requests it cancels at once (rapid reset)",
+        ));
+    }
     if !(1..=10_000_000).contains(s.max_connections.get_ref()) {
         errors.push(loc.error(
             &s.max_connections.span(),
@@ -805,6 +848,76 @@ mod tests {
         assert_eq!(parse_status_range("399-200"), None);
         assert_eq!(parse_status_range("600"), None);
         assert_eq!(parse_status_range("ok"), None);
+    }
+
+    /// The errors of a minimal file with `server` as its `[server]` table.
+    fn server_errors(server: &str) -> Vec<ConfigError> {
+        let toml = format!(
+            "[server]\n{server}\n[listeners.l]\naddress = \"127.0.0.1:0\"\n[pools.p]\ntargets = [\"http://a:1\"]\n[[routes]]\npool = \"p\"\n"
+        );
+        match crate::config::parse("x.toml", toml, ".".into(), false) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0,
+        }
+    }
+
+    #[test]
+    fn limit_keys_are_checked_at_their_line() {
+        for (server, key, message) in [
+            (
+                "max_header_count = 0",
+                "server.max_header_count",
+                "between 1 and 1000",
+            ),
+            (
+                "max_header_count = 5000",
+                "server.max_header_count",
+                "between 1 and 1000",
+            ),
+            (
+                "max_uri_bytes = 100",
+                "server.max_uri_bytes",
+                "between 256 and 65534",
+            ),
+            (
+                "max_uri_bytes = \"1MiB\"",
+                "server.max_uri_bytes",
+                "between 256 and 65534",
+            ),
+            (
+                "max_header_bytes = 8192\nmax_uri_bytes = \"16KiB\"",
+                "server.max_uri_bytes",
+                "larger than server.max_header_bytes (8192 bytes)",
+            ),
+            (
+                "http2_max_concurrent_streams = 0",
+                "server.http2_max_concurrent_streams",
+                "between 1 and 10000",
+            ),
+            (
+                "http2_max_reset_streams = 2000000",
+                "server.http2_max_reset_streams",
+                "at most 1000000",
+            ),
+        ] {
+            let errors = server_errors(server);
+            assert_eq!(errors.len(), 1, "{server}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.key, key, "{server}");
+            assert!(e.message.contains(message), "{server}: {}", e.message);
+            assert!(!e.hint.is_empty(), "{server}");
+            // The line of the offending value (the `[server]` header is line 1).
+            assert_eq!(e.line, 1 + server.lines().count(), "{server}");
+        }
+        for fine in [
+            "max_header_count = 1000",
+            "max_uri_bytes = 256",
+            "max_header_bytes = 8192\nmax_uri_bytes = 8192",
+            "http2_max_concurrent_streams = 1",
+            "http2_max_reset_streams = 0",
+        ] {
+            assert!(server_errors(fine).is_empty(), "{fine}");
+        }
     }
 
     #[test]

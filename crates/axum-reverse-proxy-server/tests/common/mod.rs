@@ -2,6 +2,8 @@
 //! send it signals, and start small upstreams on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod h2;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -176,12 +176,23 @@ where
         // A client body that fails (malformed chunks, a client gone mid-way) fails the
         // upstream request too: that is the client's error, not the upstream's.
         let (body, client_failed) = ClientBody::watch(body);
+        // Set when the limit trips mid-stream: an HTTP/2 upstream connection reports that
+        // body error only as a reset stream, without the cause.
+        let mut over_limit = None;
         let body = match policy.max_request_body_bytes {
             Some(max) => {
                 if declared_length(&parts.headers).is_some_and(|len| len > max) {
                     return Err(fail(ProxyError::new(Kind::BodyTooLarge)));
                 }
-                Body::new(http_body_util::Limited::new(body, max as usize))
+                let tripped = Arc::new(AtomicBool::new(false));
+                over_limit = Some(Arc::clone(&tripped));
+                let limited = http_body_util::Limited::new(body, max as usize);
+                Body::new(http_body_util::BodyExt::map_err(limited, move |err| {
+                    if err.is::<http_body_util::LengthLimitError>() {
+                        tripped.store(true, Ordering::Relaxed);
+                    }
+                    err
+                }))
             }
             None => body,
         };
@@ -257,6 +268,12 @@ where
         let result = result.map_err(|err| match &client_failed {
             Some(failed) if failed.load(Ordering::Relaxed) => {
                 ProxyError::with_cause(Kind::BadRequest, err)
+            }
+            _ => err,
+        });
+        let result = result.map_err(|err| match over_limit {
+            Some(tripped) if err.kind() == Kind::Upstream && tripped.load(Ordering::Relaxed) => {
+                ProxyError::with_cause(Kind::BodyTooLarge, err)
             }
             _ => err,
         });

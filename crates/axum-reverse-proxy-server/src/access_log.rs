@@ -19,7 +19,11 @@ use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use http::{HeaderValue, Method, Uri};
+
 use crate::config::LogFormat;
+use crate::handler::InFlight;
+use crate::reload::Route;
 
 /// Where lines go.
 pub(crate) enum Sink {
@@ -47,8 +51,13 @@ impl AccessLog {
         Ok(AccessLog { format, sink })
     }
 
+    /// Whether lines are written at all (if not, requests skip what only the log needs).
+    pub(crate) fn is_on(&self) -> bool {
+        !matches!(self.sink, Sink::Off)
+    }
+
     fn write(&self, entry: &Entry) {
-        if matches!(self.sink, Sink::Off) {
+        if !self.is_on() {
             return;
         }
         let mut line = match self.format {
@@ -70,22 +79,43 @@ impl AccessLog {
     }
 }
 
-/// One request's line, filled in as the request goes.
+/// One request's line, filled in as the request goes. Its fields are cheap to take from
+/// the request (reference-counted, or copies of small values): the text is only made
+/// when the line is written.
 pub(crate) struct Entry {
     pub(crate) time: SystemTime,
     pub(crate) start: Instant,
-    pub(crate) request_id: String,
+    pub(crate) request_id: HeaderValue,
     pub(crate) client: SocketAddr,
-    pub(crate) method: String,
-    pub(crate) path: String,
+    pub(crate) method: Method,
+    /// The request target as received; only its path is logged.
+    pub(crate) uri: Uri,
     pub(crate) status: u16,
-    pub(crate) route: String,
-    pub(crate) upstream: String,
-    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) route: Option<Arc<Route>>,
+    /// Bytes read from the client, when the log is on.
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
     pub(crate) bytes_out: u64,
 }
 
 impl Entry {
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    fn route(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| &r.name)
+    }
+
+    fn upstream(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| &r.pool)
+    }
+
+    fn bytes_in(&self) -> u64 {
+        self.bytes_in
+            .as_ref()
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+
     fn latency_ms(&self) -> f64 {
         (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
     }
@@ -93,15 +123,15 @@ impl Entry {
     fn json(&self) -> String {
         serde_json::json!({
             "time": rfc3339(self.time),
-            "request_id": self.request_id,
+            "request_id": self.request_id(),
             "client": self.client.to_string(),
-            "method": self.method,
-            "path": self.path,
+            "method": self.method.as_str(),
+            "path": self.uri.path(),
             "status": self.status,
-            "route": self.route,
-            "upstream": self.upstream,
+            "route": self.route(),
+            "upstream": self.upstream(),
             "latency_ms": self.latency_ms(),
-            "bytes_in": self.bytes_in.load(Ordering::Relaxed),
+            "bytes_in": self.bytes_in(),
             "bytes_out": self.bytes_out,
         })
         .to_string()
@@ -113,14 +143,14 @@ impl Entry {
             rfc3339(self.time),
             self.client,
             self.method,
-            self.path,
+            self.uri.path(),
             self.status,
-            self.route,
-            self.upstream,
+            self.route(),
+            self.upstream(),
             self.latency_ms(),
-            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_in(),
             self.bytes_out,
-            self.request_id,
+            self.request_id(),
         )
     }
 }
@@ -129,8 +159,8 @@ impl Entry {
 struct Guard {
     entry: Entry,
     log: Arc<AccessLog>,
-    /// Released together with the line (e.g. the connection's in-flight mark).
-    _hold: Box<dyn Send>,
+    /// The connection's in-flight mark, released together with the line.
+    _in_flight: InFlight,
 }
 
 impl Drop for Guard {
@@ -152,14 +182,14 @@ impl Logged {
         inner: Body,
         entry: Entry,
         log: Arc<AccessLog>,
-        hold: impl Send + 'static,
+        in_flight: InFlight,
     ) -> Body {
         Body::new(Logged {
             inner,
             guard: Some(Guard {
                 entry,
                 log,
-                _hold: Box::new(hold),
+                _in_flight: in_flight,
             }),
         })
     }

@@ -68,7 +68,7 @@ impl Activity {
 }
 
 /// Holds a request "in flight" until dropped (with the response body).
-struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(activity: Arc<Activity>) -> InFlight {
@@ -134,9 +134,16 @@ fn valid_request_id(value: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
+/// 32 random lowercase hex digits.
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Serve one request from a client connection.
@@ -153,6 +160,7 @@ where
     let time = SystemTime::now();
     let in_flight = InFlight::new(conn.activity.clone());
     let (mut parts, body) = req.into_parts();
+    let method = parts.method.clone();
 
     // Framing, target and Host first (RFC 9112 §3.2): routing reads Host, and the
     // authority of an absolute-form target replaces it.
@@ -167,48 +175,50 @@ where
         _ => new_request_id(),
     };
     parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
-    let request_id_text = request_id.to_str().unwrap_or("-").to_owned();
-    let method = parts.method.to_string();
-    let path = parts.uri.path().to_owned();
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    // The target as received, for the access log and the span (shares its bytes).
+    let uri = parts.uri.clone();
+    let log_on = shared.access_log.is_on();
+    let bytes_in = log_on.then(|| Arc::new(AtomicU64::new(0)));
 
     set_scheme(&mut parts, conn.tls);
 
-    let snapshot = shared.active.load_full();
-    let host = parts
-        .headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-    let found = snapshot
-        .tables
-        .get(&*conn.listener)
-        .and_then(|t| t.find(host, &path))
-        .map(|(_, route)| route.clone());
+    let found = if invalid.is_some() {
+        None
+    } else {
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        shared
+            .active
+            .load()
+            .tables
+            .get(&*conn.listener)
+            .and_then(|t| t.find(host, uri.path()))
+            .map(|(_, route)| Arc::clone(route))
+    };
 
-    let (route_name, pool_name, mut response) = match (invalid, found) {
+    let mut response = match (invalid, &found) {
         (Some(err), _) => {
             tracing::debug!(
-                id = %request_id_text,
-                %method,
+                id = request_id.to_str().unwrap_or("-"),
+                method = %parts.method,
                 status = err.status().as_u16(),
                 error = %err,
                 "request refused"
             );
-            (
-                "none".to_owned(),
-                "none".to_owned(),
-                refusal(err, parts.version),
-            )
+            refusal(err, parts.version)
         }
         (None, None) => {
             let mut resp = Response::new(Body::from("no route for this host and path\n"));
             *resp.status_mut() = StatusCode::NOT_FOUND;
-            ("none".to_owned(), "none".to_owned(), resp)
+            resp
         }
         (None, Some(route)) => {
-            if route.strip_prefix {
-                let stripped = strip(&route.prefix, &path);
+            // Stripping `/` changes nothing: skip the rebuild of the target.
+            if route.strip_prefix && route.prefix != "/" {
+                let stripped = strip(&route.prefix, uri.path());
                 let pq = match parts.uri.query() {
                     Some(q) => format!("{stripped}?{q}"),
                     None => stripped,
@@ -229,42 +239,49 @@ where
                 // slot: the tunnel holds it instead until it closes.
                 parts.extensions.insert(TunnelGuard::new(conn.slot.clone()));
             }
-            let body = Body::new(Counted {
-                inner: body,
-                count: bytes_in.clone(),
-            });
-            let req = Request::from_parts(parts, body);
+            let body = match &bytes_in {
+                Some(count) => Body::new(Counted {
+                    inner: body,
+                    count: Arc::clone(count),
+                }),
+                None => Body::new(body),
+            };
             let span = tracing::info_span!(
                 "request",
-                id = %request_id_text,
-                method = %method,
-                path = %path,
-                route = %route.name,
+                id = request_id.to_str().unwrap_or("-"),
+                method = %parts.method,
+                path = uri.path(),
+                route = &*route.name,
             );
+            let req = Request::from_parts(parts, body);
             let Ok(mut resp) = route.service.clone().oneshot(req).instrument(span).await;
             route.response_headers.apply(resp.headers_mut());
-            (route.name.clone(), route.pool.clone(), resp)
+            resp
         }
     };
-    shared.metrics.record(
-        &route_name,
-        &pool_name,
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    let status = response.status().as_u16();
+    match &found {
+        Some(route) => route
+            .metrics
+            .get_or_init(|| shared.metrics.route(&route.name, &route.pool))
+            .record(status, start.elapsed()),
+        None => shared
+            .metrics
+            .route("none", "none")
+            .record(status, start.elapsed()),
+    }
     response
         .headers_mut()
-        .insert(REQUEST_ID.clone(), request_id);
+        .insert(REQUEST_ID.clone(), request_id.clone());
     let entry = Entry {
         time,
         start,
-        request_id: request_id_text,
+        request_id,
         client: conn.peer,
         method,
-        path,
-        status: response.status().as_u16(),
-        route: route_name,
-        upstream: pool_name,
+        uri,
+        status,
+        route: found,
         bytes_in,
         bytes_out: 0,
     };
@@ -336,12 +353,15 @@ fn drop_connection_options(headers: &mut HeaderMap) {
 /// Host as authority), `http` otherwise.
 fn set_scheme(parts: &mut http::request::Parts, tls: bool) {
     let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
-    let mut uri = parts.uri.clone().into_parts();
-    match &uri.scheme {
+    match parts.uri.scheme() {
         Some(s) if *s == scheme => return,
-        Some(_) => {}
         // Plain origin-form: the library says `http` already.
         None if !tls => return,
+        _ => {}
+    }
+    let mut uri = parts.uri.clone().into_parts();
+    match &uri.scheme {
+        Some(_) => {}
         None => {
             let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) else {
                 return;

@@ -16,12 +16,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use axum_reverse_proxy::UpgradeTunnels;
 
 use crate::admin::metrics::Metrics;
+use crate::admin::metrics::RouteMetrics;
 use crate::config::{self, ConfigError, ConfigErrors, Loaded, normalize_prefix};
 use crate::handler::HeaderOps;
 use crate::listener::tls;
@@ -30,10 +31,12 @@ use crate::upstream::{BuildError, BuiltPool, UpstreamService, build_upstream};
 
 /// One route as a request sees it.
 pub(crate) struct Route {
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) prefix: String,
     pub(crate) strip_prefix: bool,
-    pub(crate) pool: String,
+    pub(crate) pool: Arc<str>,
+    /// This route's request metrics, resolved at its first request.
+    pub(crate) metrics: OnceLock<RouteMetrics>,
     pub(crate) service: UpstreamService,
     pub(crate) request_headers: HeaderOps,
     pub(crate) response_headers: HeaderOps,
@@ -107,10 +110,11 @@ impl Snapshot {
                 continue; // validation guarantees the pool exists
             };
             let route = Arc::new(Route {
-                name: rc.display_name(),
+                name: Arc::from(rc.display_name()),
                 prefix: normalize_prefix(rc.prefix.get_ref()).to_owned(),
                 strip_prefix: rc.strip_prefix,
-                pool: rc.pool.get_ref().clone(),
+                pool: Arc::from(rc.pool.get_ref().as_str()),
+                metrics: OnceLock::new(),
                 service: pool.service.clone(),
                 request_headers: HeaderOps::compile(&rc.request_headers),
                 response_headers: HeaderOps::compile(&rc.response_headers),
@@ -218,7 +222,7 @@ pool = "changed"
             &second.pools["changed"]
         ));
         let table = &second.tables["web"];
-        assert_eq!(table.find(None, "/c/x").unwrap().1.pool, "changed");
-        assert_eq!(table.find(None, "/x").unwrap().1.pool, "kept");
+        assert_eq!(table.find(None, "/c/x").unwrap().1.pool.as_ref(), "changed");
+        assert_eq!(table.find(None, "/x").unwrap().1.pool.as_ref(), "kept");
     }
 }

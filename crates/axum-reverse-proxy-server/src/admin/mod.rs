@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::server::Shared;
 
+pub(crate) mod histogram;
 pub(crate) mod metrics;
 
 /// The admin router.

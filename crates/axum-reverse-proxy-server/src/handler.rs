@@ -159,10 +159,27 @@ where
         _ => new_request_id(),
     };
     parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
-    let request_id_text = request_id.to_str().unwrap_or("-").to_owned();
-    let method = parts.method.to_string();
-    let path = parts.uri.path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
+    // Written with status 499 if the client goes away before the response is ready;
+    // taken back below when it is.
+    let mut unanswered = Unanswered {
+        shared: Arc::clone(&shared),
+        entry: None,
+    };
+    let pending = unanswered.entry.insert(Entry {
+        time,
+        start,
+        request_id: request_id.to_str().unwrap_or("-").to_owned(),
+        client: conn.peer,
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        status: CLIENT_CLOSED_REQUEST,
+        // Set once the route is known (before anything can be awaited).
+        route: String::new(),
+        upstream: String::new(),
+        bytes_in: bytes_in.clone(),
+        bytes_out: 0,
+    });
 
     if conn.tls && parts.uri.scheme().is_none() {
         mark_https(&mut parts);
@@ -177,18 +194,20 @@ where
     let found = snapshot
         .tables
         .get(&*conn.listener)
-        .and_then(|t| t.find(host, &path))
+        .and_then(|t| t.find(host, &pending.path))
         .map(|(_, route)| route.clone());
 
-    let (route_name, pool_name, mut response) = match found {
+    let mut response = match found {
         None => {
+            pending.route = "none".to_owned();
+            pending.upstream = "none".to_owned();
             let mut resp = Response::new(Body::from("no route for this host and path\n"));
             *resp.status_mut() = StatusCode::NOT_FOUND;
-            ("none".to_owned(), "none".to_owned(), resp)
+            resp
         }
         Some(route) => {
             if route.strip_prefix {
-                let stripped = strip(&route.prefix, &path);
+                let stripped = strip(&route.prefix, &pending.path);
                 let pq = match parts.uri.query() {
                     Some(q) => format!("{stripped}?{q}"),
                     None => stripped,
@@ -216,39 +235,56 @@ where
             let req = Request::from_parts(parts, body);
             let span = tracing::info_span!(
                 "request",
-                id = %request_id_text,
-                method = %method,
-                path = %path,
+                id = %pending.request_id,
+                method = %pending.method,
+                path = %pending.path,
                 route = %route.name,
             );
+            pending.route = route.name.clone();
+            pending.upstream = route.pool.clone();
             let Ok(mut resp) = route.service.clone().oneshot(req).instrument(span).await;
             route.response_headers.apply(resp.headers_mut());
-            (route.name.clone(), route.pool.clone(), resp)
+            resp
         }
     };
+    let Some(mut entry) = unanswered.entry.take() else {
+        // Not reachable: the entry is taken only here.
+        return response;
+    };
+    entry.status = response.status().as_u16();
     shared.metrics.record(
-        &route_name,
-        &pool_name,
-        response.status().as_u16(),
+        &entry.route,
+        &entry.upstream,
+        entry.status,
         start.elapsed().as_secs_f64(),
     );
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), request_id);
-    let entry = Entry {
-        time,
-        start,
-        request_id: request_id_text,
-        client: conn.peer,
-        method,
-        path,
-        status: response.status().as_u16(),
-        route: route_name,
-        upstream: pool_name,
-        bytes_in,
-        bytes_out: 0,
-    };
     response.map(|body| Logged::wrap(body, entry, shared.access_log.clone(), in_flight))
+}
+
+/// nginx's status for a request whose client closed the connection before the answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A request not answered yet. If its future is dropped (the client went away before
+/// the response head was ready), it is still counted in the metrics and written to the
+/// access log, with status 499.
+struct Unanswered {
+    shared: Arc<Shared>,
+    entry: Option<Entry>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            let seconds = entry.start.elapsed().as_secs_f64();
+            self.shared
+                .metrics
+                .record(&entry.route, &entry.upstream, entry.status, seconds);
+            self.shared.access_log.write(&entry);
+        }
+    }
 }
 
 /// Whether the request asks for an upgrade (HTTP/1.1 `Upgrade`, or an HTTP/2 CONNECT);

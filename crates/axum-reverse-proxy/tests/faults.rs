@@ -1006,8 +1006,17 @@ fn hung_upstream_is_504_and_its_request_is_cancelled() {
         let timeout = Duration::from_millis(300);
         let policy = ProxyPolicy::new().with_upstream_timeout(timeout);
         let h1 = ReverseProxy::new("/f", hung.url()).with_policy(policy.clone());
-        let h2 = ReverseProxy::new("/h", hung.url()).with_policy(policy.with_h2c(true));
-        let scene = Scene::start(Router::new().merge(h1.clone()).merge(h2.clone())).await;
+        let h2 = ReverseProxy::new("/h", hung.url()).with_policy(policy.clone().with_h2c(true));
+        // With a body idle timeout, a body that goes silent is cut by the proxy.
+        let idle = ReverseProxy::new("/i", hung.url())
+            .with_policy(policy.with_upstream_body_idle_timeout(timeout));
+        let scene = Scene::start(
+            Router::new()
+                .merge(h1.clone())
+                .merge(h2.clone())
+                .merge(idle.clone()),
+        )
+        .await;
 
         for prefix in ["/f", "/h"] {
             // No response head: 504 after the timeout, and the upstream request is
@@ -1038,6 +1047,25 @@ fn hung_upstream_is_504_and_its_request_is_cancelled() {
             expect(&mut events, "body dropped").await;
         }
 
+        // Silence after the head with a body idle timeout: the proxy cuts the response
+        // (never a clean end) and closes the upstream connection.
+        let start = Instant::now();
+        let (mut client, head) = raw_head(scene.addr(), "/i/body").await;
+        assert_eq!(client.read_chunk().await.as_deref(), Some(&b"first"[..]));
+        let rest = client.read_to_end().await;
+        assert!(start.elapsed() >= timeout);
+        assert_incomplete(&head, &rest, "idle body");
+        drop(client);
+        expect(&mut events, "body dropped").await;
+        let res = call(&idle, get("/i/body")).await;
+        let err = within("the cut", res.into_body().collect())
+            .await
+            .unwrap_err();
+        let err = err.into_inner().downcast::<ProxyError>().unwrap();
+        assert!(err.is_timeout(), "{err:?}");
+        expect(&mut events, "body dropped").await;
+        assert!(logs::text().contains("upstream response body idle timeout"));
+
         for (proxy, path) in [(&h1, "/f/head"), (&h2, "/h/head")] {
             let res = call(proxy, get(path)).await;
             let err = proxy_error(&res);
@@ -1050,7 +1078,7 @@ fn hung_upstream_is_504_and_its_request_is_cancelled() {
             hung.open() <= 1
         })
         .await;
-        drop((h1, h2));
+        drop((h1, h2, idle));
         scene.finish(&[&hung]).await;
     });
 }

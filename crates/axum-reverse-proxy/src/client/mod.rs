@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use crate::error::{Kind, ProxyError};
 use crate::uri::Target;
 
+pub(crate) mod idle;
 pub(crate) mod pool;
 pub(crate) mod tls;
 

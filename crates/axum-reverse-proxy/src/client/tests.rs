@@ -263,3 +263,71 @@ async fn transfer_encoding_with_content_length_loses_the_length_and_the_connecti
     assert!(rest.is_empty());
     assert!(!pool.idle_ready(&key()).await);
 }
+
+// ===== The response body idle timeout =====
+
+mod idle {
+    use std::pin::pin;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use crate::client::idle::IdleTimeoutBody;
+    use crate::error::ProxyError;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn channel_body() -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Body) {
+        let (tx, rx) = mpsc::channel(8);
+        (tx, Body::from_stream(ReceiverStream::new(rx)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_upstream_is_cut_after_the_timeout() {
+        let (tx, body) = channel_body();
+        let mut body = pin!(IdleTimeoutBody::new(body, TIMEOUT));
+        tx.send(Ok(Bytes::from_static(b"first"))).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "first");
+
+        let start = Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(start.elapsed(), TIMEOUT);
+        let err = err.downcast::<ProxyError>().unwrap();
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(body.frame().await.is_none(), "nothing after the cut");
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_and_a_slow_reader_are_not_cut() {
+        // A frame every 4 s against a 5 s timeout.
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(TIMEOUT - Duration::from_secs(1)).await;
+                tx.send(Ok(Bytes::from_static(b"tick"))).await.unwrap();
+            }
+        });
+        let collected = IdleTimeoutBody::new(body, TIMEOUT).collect().await.unwrap();
+        assert_eq!(collected.to_bytes(), "tick".repeat(5));
+
+        // Frames ready at once, read 20 s apart: the reader's pauses do not count.
+        let (tx, body) = channel_body();
+        for _ in 0..3 {
+            tx.send(Ok(Bytes::from_static(b"x"))).await.unwrap();
+        }
+        drop(tx);
+        let mut body = pin!(IdleTimeoutBody::new(body, TIMEOUT));
+        for _ in 0..3 {
+            tokio::time::sleep(4 * TIMEOUT).await;
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        assert!(body.frame().await.is_none());
+    }
+}

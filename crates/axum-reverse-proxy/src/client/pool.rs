@@ -25,6 +25,10 @@
 //!   and the connection ends without an answer; then only an idempotent request without
 //!   a body is sent again, once, on a new connection (RFC 9110 §9.2.2). Anything else
 //!   is answered 502: its bytes were sent, and it is not the proxy's to repeat.
+//! - **HTTP/2 refusals**: a stream the upstream refused unprocessed (REFUSED_STREAM, or
+//!   sent after its GOAWAY) is sent again on a new connection when it is idempotent
+//!   without a body; otherwise it fails as `is_connect()` (it never reached the
+//!   upstream), which a `RetryLayer` may replay.
 //! - **Suspect responses**: a response with both `Transfer-Encoding` and
 //!   `Content-Length` loses the latter and its connection is not reused.
 
@@ -159,6 +163,8 @@ where
                     }
                 }
                 Conn::H2(mut sender) => {
+                    // Copied before the conversion, which moves `Host` into the URI.
+                    let replay = if reused { replayable(&req) } else { None };
                     to_h2_request(&mut req, key);
                     match sender.try_send_request(req).await {
                         Ok(response) => return Ok(response.map(Body::new)),
@@ -166,7 +172,7 @@ where
                             if sender.is_closed() {
                                 self.forget_h2(key);
                             }
-                            (err, None)
+                            (err, replay)
                         }
                     }
                 }
@@ -179,7 +185,7 @@ where
                 _ => {
                     let err = failed.into_error();
                     match replay {
-                        Some(replay) if died_before_response(&err) => {
+                        Some(replay) if died_before_response(&err) || refused_unprocessed(&err) => {
                             tracing::debug!(
                                 error = %err,
                                 "pooled connection closed as it was reused; \
@@ -479,10 +485,30 @@ fn died_before_response(err: &hyper::Error) -> bool {
     false
 }
 
-/// Map a failure to send a request on an established connection.
+/// Whether an HTTP/2 upstream refused the request before processing it: a stream reset
+/// with REFUSED_STREAM, or one that came after the upstream's GOAWAY (a graceful
+/// shutdown, a restart). RFC 9113 §8.7: such requests are safe to retry, whatever the
+/// method.
+fn refused_unprocessed(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Map a failure to send a request on an established connection. A request the
+/// upstream refused unprocessed counts as never having reached it (`is_connect()`), so
+/// that a [`RetryLayer`](crate::RetryLayer) may send it again.
 pub(crate) fn classify_send_error(err: hyper::Error) -> ProxyError {
     if is_body_limit(&err) {
         ProxyError::with_cause(Kind::BodyTooLarge, err)
+    } else if refused_unprocessed(&err) {
+        ProxyError::with_cause(Kind::Connect, err)
     } else {
         ProxyError::with_cause(Kind::Upstream, err)
     }

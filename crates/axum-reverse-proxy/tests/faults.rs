@@ -12,10 +12,12 @@
 //!
 //! Pooled idle upstream connections are legitimate. While the proxy serves, each open
 //! upstream connection is exactly 2 descriptors (both ends live in this process) and 2
-//! tasks (the pool's connection task and the origin's); the origins count their open
-//! connections, so [`Scene::finish`] expects exactly `baseline + listener + 2 × open`.
-//! Then it shuts the server down, and with the proxies dropped the counts must be back
-//! at the baseline exactly.
+//! tasks (the pool's connection task and the origin's; 3 over HTTP/2, where hyper runs
+//! the client connection in a task of its own). The origins count their open
+//! connections, so [`Scene::finish`] expects exactly the baseline, plus the server (its
+//! listener, its task and axum's shutdown-signal task), plus what the open connections
+//! hold. Then it shuts the server down, and with the proxies dropped the counts must be
+//! back at the baseline exactly.
 
 mod common;
 
@@ -1447,6 +1449,110 @@ fn request_sent_on_a_reused_connection_is_not_replayed() {
     });
 }
 
+/// An origin like [`Origin::ok`] whose open connections shut down gracefully (HTTP/2:
+/// GOAWAY, then close) when `goaway` is notified.
+async fn going_away_origin(goaway: Arc<Notify>) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let open_h2 = Arc::new(AtomicUsize::new(0));
+    let (open2, open_h2_2) = (Arc::clone(&open), Arc::clone(&open_h2));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            open2.fetch_add(1, Ordering::SeqCst);
+            let guard = OpenGuard(Arc::clone(&open2));
+            let h2 = Arc::new(H2Guard {
+                count: Arc::clone(&open_h2_2),
+                seen: AtomicBool::new(false),
+            });
+            let goaway = Arc::clone(&goaway);
+            tokio::spawn(async move {
+                let _guard = guard;
+                let h2_guard = Arc::clone(&h2);
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    h2.saw(req.version());
+                    async { Ok::<_, Infallible>(Response::new(common::full("ok"))) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = goaway.notified() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                drop(h2_guard);
+            });
+        }
+    });
+    Origin {
+        addr,
+        open,
+        open_h2,
+    }
+}
+
+/// An HTTP/2 upstream shutting down gracefully (GOAWAY) as its pooled connection is
+/// reused: a GET is sent again on a new connection; a POST is refused as never sent.
+#[test]
+fn pooled_http2_connection_going_away_as_it_is_reused() {
+    run(async {
+        let goaway = Arc::new(Notify::new());
+        let origin = going_away_origin(Arc::clone(&goaway)).await;
+        let proxy =
+            ReverseProxy::new("/f", origin.url()).with_policy(ProxyPolicy::new().with_h2c(true));
+        let scene = Scene::start(Router::new().merge(proxy.clone())).await;
+        let mut failed = Vec::new();
+        for i in 0..40 {
+            let res = call(&proxy, get("/f/warm")).await;
+            assert_eq!(text(res).await, "ok");
+            goaway.notify_waiters();
+            let req = if i % 2 == 0 {
+                get("/f/x")
+            } else {
+                Request::post("/f/x").body(Body::from("data")).unwrap()
+            };
+            let res = call(&proxy, req).await;
+            if res.status() != StatusCode::OK {
+                // Only a POST may fail (its body was handed over): as never having
+                // reached the upstream, so that a retry layer may send it again.
+                let err = proxy_error(&res);
+                assert!(i % 2 == 1 && err.is_connect(), "request {i}: {err:?}");
+                failed.push(i);
+            }
+        }
+        eprintln!(
+            "of 40: POSTs {failed:?} refused by the GOAWAY; {} GETs sent again",
+            logs::text()
+                .matches("sending the idempotent request again")
+                .count()
+        );
+        // Behind a RetryLayer, the refused POSTs are sent again (their body replayed).
+        let retried = tower::Layer::layer(
+            &axum_reverse_proxy::RetryLayer::with_delay(2, Duration::from_millis(1)),
+            proxy.clone(),
+        );
+        for i in 0..20 {
+            let res = call(&retried, get("/f/warm")).await;
+            assert_eq!(text(res).await, "ok");
+            goaway.notify_waiters();
+            let req = Request::post("/f/x").body(Body::from("data")).unwrap();
+            let res = call(&retried, req).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::OK,
+                "POST {i} behind a retry layer"
+            );
+        }
+        drop(retried);
+        scene.bystander.progress().await;
+        drop(proxy);
+        scene.finish(&[&origin]).await;
+    });
+}
+
 // ===== Discovery =====
 
 type Item = Result<Change<u32, String>, std::io::Error>;
@@ -1963,110 +2069,6 @@ fn client_gone_mid_response_stops_the_upstream_body() {
         }
         // The HTTP/1.1 connection of an unfinished body is closed, not pooled.
         eventually("the abandoned connections to close", || origin.open() <= 1).await;
-        scene.finish(&[&origin]).await;
-    });
-}
-
-/// An origin like [`Origin::ok`] whose open connections shut down gracefully (HTTP/2:
-/// GOAWAY, then close) when `goaway` is notified.
-async fn going_away_origin(goaway: Arc<Notify>) -> Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let open = Arc::new(AtomicUsize::new(0));
-    let open_h2 = Arc::new(AtomicUsize::new(0));
-    let (open2, open_h2_2) = (Arc::clone(&open), Arc::clone(&open_h2));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            open2.fetch_add(1, Ordering::SeqCst);
-            let guard = OpenGuard(Arc::clone(&open2));
-            let h2 = Arc::new(H2Guard {
-                count: Arc::clone(&open_h2_2),
-                seen: AtomicBool::new(false),
-            });
-            let goaway = Arc::clone(&goaway);
-            tokio::spawn(async move {
-                let _guard = guard;
-                let h2_guard = Arc::clone(&h2);
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    h2.saw(req.version());
-                    async { Ok::<_, Infallible>(Response::new(common::full("ok"))) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    () = goaway.notified() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-                drop(h2_guard);
-            });
-        }
-    });
-    Origin {
-        addr,
-        open,
-        open_h2,
-    }
-}
-
-/// An HTTP/2 upstream shutting down gracefully (GOAWAY) as its pooled connection is
-/// reused: a GET is sent again on a new connection; a POST is refused as never sent.
-#[test]
-fn pooled_http2_connection_going_away_as_it_is_reused() {
-    run(async {
-        let goaway = Arc::new(Notify::new());
-        let origin = going_away_origin(Arc::clone(&goaway)).await;
-        let proxy =
-            ReverseProxy::new("/f", origin.url()).with_policy(ProxyPolicy::new().with_h2c(true));
-        let scene = Scene::start(Router::new().merge(proxy.clone())).await;
-        let mut failed = Vec::new();
-        for i in 0..40 {
-            let res = call(&proxy, get("/f/warm")).await;
-            assert_eq!(text(res).await, "ok");
-            goaway.notify_waiters();
-            let req = if i % 2 == 0 {
-                get("/f/x")
-            } else {
-                Request::post("/f/x").body(Body::from("data")).unwrap()
-            };
-            let res = call(&proxy, req).await;
-            if res.status() != StatusCode::OK {
-                // Only a POST may fail (its body was handed over): as never having
-                // reached the upstream, so that a retry layer may send it again.
-                let err = proxy_error(&res);
-                assert!(i % 2 == 1 && err.is_connect(), "request {i}: {err:?}");
-                failed.push(i);
-            }
-        }
-        eprintln!(
-            "of 40: POSTs {failed:?} refused by the GOAWAY; {} GETs sent again",
-            logs::text()
-                .matches("sending the idempotent request again")
-                .count()
-        );
-        // Behind a RetryLayer, the refused POSTs are sent again (their body replayed).
-        let retried = tower::Layer::layer(
-            &axum_reverse_proxy::RetryLayer::with_delay(2, Duration::from_millis(1)),
-            proxy.clone(),
-        );
-        for i in 0..20 {
-            let res = call(&retried, get("/f/warm")).await;
-            assert_eq!(text(res).await, "ok");
-            goaway.notify_waiters();
-            let req = Request::post("/f/x").body(Body::from("data")).unwrap();
-            let res = call(&retried, req).await;
-            assert_eq!(
-                res.status(),
-                StatusCode::OK,
-                "POST {i} behind a retry layer"
-            );
-        }
-        drop(retried);
-        scene.bystander.progress().await;
-        drop(proxy);
         scene.finish(&[&origin]).await;
     });
 }

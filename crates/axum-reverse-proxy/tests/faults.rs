@@ -659,17 +659,28 @@ impl Scene {
         let ok = bystander.stop().await;
         assert!(ok >= 2, "the bystander got {ok} answers");
         // The server: its listener, its task and axum's graceful-shutdown task.
-        settle("while serving: the listener and pooled connections", || {
+        let serving = || {
             origins
                 .iter()
                 .map(|o| o.held())
                 .fold(base.plus(1, 2), |c, h| c.plus(h.fds, h.tasks))
                 .plus(healthy.held().fds, healthy.held().tasks)
-        })
+        };
+        settle(
+            "while serving: the listener and pooled connections",
+            serving,
+        )
         .await;
+        let pooled = healthy.open() + origins.iter().map(|o| o.open()).sum::<usize>();
+        let held = serving();
         proxy.shutdown().await;
         settle("after the proxy is dropped: the baseline", || base).await;
         assert_eq!(healthy.open(), 0);
+        eprintln!(
+            "counts: baseline {} fds / {} tasks; serving {} / {} ({pooled} pooled \
+             connections); after {} / {}; bystander {ok} × 200",
+            base.fds, base.tasks, held.fds, held.tasks, base.fds, base.tasks
+        );
     }
 }
 

@@ -1,5 +1,7 @@
 //! The access log: one line per request, written when its response body ends (or the
-//! client goes away), so it carries the bytes actually sent and the whole latency.
+//! client goes away), so it carries the bytes actually sent and the whole latency. A
+//! client that goes away before the response head is ready gets a line too, with status
+//! 499 (nginx's "client closed request").
 //!
 //! Fields: `time` (UTC, RFC 3339), `request_id`, `client`, `method`, `path` (never the
 //! query string: it often carries tokens), `status`, `route`, `upstream`, `latency_ms`,
@@ -56,7 +58,8 @@ impl AccessLog {
         !matches!(self.sink, Sink::Off)
     }
 
-    fn write(&self, entry: &Entry) {
+    /// Write `entry`'s line now.
+    pub(crate) fn write(&self, entry: &Entry) {
         if !self.is_on() {
             return;
         }

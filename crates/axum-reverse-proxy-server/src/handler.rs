@@ -179,6 +179,24 @@ where
     let uri = parts.uri.clone();
     let log_on = shared.access_log.is_on();
     let bytes_in = log_on.then(|| Arc::new(AtomicU64::new(0)));
+    // Written with status 499 if the client goes away before the response is ready;
+    // taken back below when it is.
+    let mut unanswered = Unanswered {
+        shared: Arc::clone(&shared),
+        entry: Some(Entry {
+            time,
+            start,
+            request_id: request_id.clone(),
+            client: conn.peer,
+            method,
+            uri: uri.clone(),
+            status: CLIENT_CLOSED_REQUEST,
+            // Set once the route is known (before anything is awaited).
+            route: None,
+            bytes_in: bytes_in.clone(),
+            bytes_out: 0,
+        }),
+    };
 
     set_scheme(&mut parts, conn.tls);
 
@@ -198,6 +216,9 @@ where
             .and_then(|t| t.find(host, uri.path()))
             .map(|(_, route)| Arc::clone(route))
     };
+    if let Some(pending) = unanswered.entry.as_mut() {
+        pending.route.clone_from(&found);
+    }
 
     let mut response = match (invalid, &found) {
         (Some(err), _) => {
@@ -259,33 +280,51 @@ where
             resp
         }
     };
-    let status = response.status().as_u16();
-    match &found {
+    let Some(mut entry) = unanswered.entry.take() else {
+        // Not reachable: the entry is taken only here.
+        return response;
+    };
+    entry.status = response.status().as_u16();
+    record(&shared, &entry);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID.clone(), request_id);
+    response.map(|body| Logged::wrap(body, entry, shared.access_log.clone(), in_flight))
+}
+
+/// nginx's status for a request whose client closed the connection before the answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Count an answered (or abandoned) request in its route's metrics.
+fn record(shared: &Shared, entry: &Entry) {
+    let elapsed = entry.start.elapsed();
+    match &entry.route {
         Some(route) => route
             .metrics
             .get_or_init(|| shared.metrics.route(&route.name, &route.pool))
-            .record(status, start.elapsed()),
+            .record(entry.status, elapsed),
         None => shared
             .metrics
             .route("none", "none")
-            .record(status, start.elapsed()),
+            .record(entry.status, elapsed),
     }
-    response
-        .headers_mut()
-        .insert(REQUEST_ID.clone(), request_id.clone());
-    let entry = Entry {
-        time,
-        start,
-        request_id,
-        client: conn.peer,
-        method,
-        uri,
-        status,
-        route: found,
-        bytes_in,
-        bytes_out: 0,
-    };
-    response.map(|body| Logged::wrap(body, entry, shared.access_log.clone(), in_flight))
+}
+
+/// A request not answered yet. If its future is dropped (the client went away before
+/// the response head was ready), it is still counted in the metrics and written to the
+/// access log, with status 499.
+struct Unanswered {
+    shared: Arc<Shared>,
+    entry: Option<Entry>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            record(&self.shared, &entry);
+            self.shared.access_log.write(&entry);
+        }
+    }
 }
 
 /// Whether the request asks for an upgrade (HTTP/1.1 `Upgrade`, or an HTTP/2 CONNECT);

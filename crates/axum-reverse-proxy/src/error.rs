@@ -41,7 +41,8 @@ struct ErrorImpl {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// Could not open a connection to the upstream (refused, DNS, TLS, connect timeout).
+    /// Could not open a connection to the upstream (refused, DNS, TLS, connect timeout),
+    /// or an HTTP/2 upstream refused the request unprocessed.
     Connect,
     /// The upstream did not send response headers within the configured deadline.
     Timeout,
@@ -83,7 +84,9 @@ impl ProxyError {
     }
 
     /// The request never reached the upstream: connecting failed (refused, unreachable,
-    /// DNS or TLS failure, connect timeout). Such a request is always safe to retry.
+    /// DNS or TLS failure, connect timeout), or an HTTP/2 upstream refused the stream
+    /// before processing it (REFUSED_STREAM, or after its GOAWAY). Such a request is
+    /// always safe to retry.
     pub fn is_connect(&self) -> bool {
         self.inner.kind == Kind::Connect
     }

@@ -11,6 +11,7 @@
 //! | RFC 7239 `Forwarded` | off |
 //! | `Via` | off |
 //! | upstream response-header timeout | none |
+//! | upstream silence while the response body streams | no limit |
 //! | request body limit | none |
 //! | HTTP/2 to plain-HTTP upstreams | only for gRPC (h2c prior knowledge) |
 //! | WebSocket/upgrade handshake deadline | 5 s (504 beyond) |
@@ -143,6 +144,9 @@ pub struct ProxyPolicy {
     pub via: Option<String>,
     /// Deadline for the upstream's response headers (504 when it passes).
     pub upstream_timeout: Option<Duration>,
+    /// Longest silence of the upstream while its response body streams (the response
+    /// is then cut).
+    pub upstream_body_idle_timeout: Option<Duration>,
     /// Largest request body forwarded (413 beyond it).
     pub max_request_body_bytes: Option<u64>,
     /// How long a WebSocket/upgrade handshake with the upstream may take (504 beyond).
@@ -168,6 +172,7 @@ impl Default for ProxyPolicy {
             public_scheme: None,
             via: None,
             upstream_timeout: None,
+            upstream_body_idle_timeout: None,
             max_request_body_bytes: None,
             websocket_connect_timeout: Duration::from_secs(5),
             h2c: false,
@@ -225,6 +230,17 @@ impl ProxyPolicy {
     /// The response body then streams without a deadline.
     pub fn with_upstream_timeout(mut self, timeout: Duration) -> Self {
         self.upstream_timeout = Some(timeout);
+        self
+    }
+
+    /// Cut the response when the upstream, once its head is sent, sends nothing for this
+    /// long: the client sees its body fail (HTTP/1.1: the connection closes without the
+    /// body's valid end; HTTP/2: the stream is reset), the upstream connection is closed,
+    /// and the cause is a [`ProxyError`](crate::ProxyError) whose `is_timeout()` is
+    /// true. Every frame resets the timer, so a slow steady stream is never cut. Off by
+    /// default: a stream may then stay silent as long as the client waits.
+    pub fn with_upstream_body_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_body_idle_timeout = Some(timeout);
         self
     }
 

@@ -107,9 +107,17 @@ fn random_distribution_with_a_fixed_seed() {
 #[test]
 fn fixed_seeds_reproduce_the_same_picks() {
     for strategy in [S::Random, S::P2cPendingRequests, S::P2cPeakEwma] {
-        let a = set(&[1; 50], strategy, 7);
-        let b = set(&[1; 50], strategy, 7);
-        let c = set(&[1; 50], strategy, 8);
+        // The same endpoints for the three sets: a peak-EWMA estimate starts at the
+        // millisecond its endpoint is made, and endpoints made on both sides of a
+        // millisecond boundary would compare differently from one set to the other.
+        let clock = Clock::new();
+        let shared = endpoints(&[1; 50], &clock);
+        let seeded = |seed| {
+            let set = EndpointSet::new(shared.clone(), clock, seed);
+            set.prepare(strategy);
+            set
+        };
+        let (a, b, c) = (seeded(7), seeded(7), seeded(8));
         let seq = |s: &EndpointSet| {
             (0..100)
                 .map(|_| pick(s, strategy, None).unwrap())

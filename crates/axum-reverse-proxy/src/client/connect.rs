@@ -42,6 +42,9 @@ pub(crate) enum Alpn {
 pub(crate) struct Connector {
     tcp: HttpConnector,
     tls: Tls,
+    /// Unit tests: every connection is an in-memory pipe whose far end goes here.
+    #[cfg(test)]
+    pipes: Option<tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>>,
 }
 
 #[derive(Clone)]
@@ -74,6 +77,20 @@ impl Connector {
         Connector {
             tcp: http_connector(),
             tls: Tls::None,
+            #[cfg(test)]
+            pipes: None,
+        }
+    }
+
+    /// Unit tests: connections are `tokio::io::duplex` pipes; their far ends arrive on
+    /// `far_ends`, for the test to play the upstream.
+    #[cfg(test)]
+    pub(crate) fn pipes(
+        far_ends: tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>,
+    ) -> Connector {
+        Connector {
+            pipes: Some(far_ends),
+            ..Connector::plain()
         }
     }
 
@@ -93,6 +110,8 @@ impl Connector {
                 any: Arc::new(any),
                 http1: Arc::new(http1),
             },
+            #[cfg(test)]
+            pipes: None,
         }
     }
 
@@ -103,6 +122,12 @@ impl Connector {
         key: &PoolKey,
         alpn: Alpn,
     ) -> Result<(TokioIo<Stream>, bool), BoxError> {
+        #[cfg(test)]
+        if let Some(far_ends) = &self.pipes {
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let _ = far_ends.send(far);
+            return Ok((TokioIo::new(Stream::Pipe(near)), false));
+        }
         // The scheme only gives `HttpConnector` the default port of an authority without
         // one; TLS is ours.
         let uri = Uri::builder()
@@ -177,6 +202,8 @@ fn build_standard() -> Connector {
             any: build(&["h2", "http/1.1"]),
             http1: build(&["http/1.1"]),
         },
+        #[cfg(test)]
+        pipes: None,
     }
 }
 
@@ -199,6 +226,9 @@ pub(crate) enum Stream {
     Rustls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     #[cfg(feature = "native-tls")]
     Native(Box<tokio_native_tls::TlsStream<TcpStream>>),
+    /// Unit tests: an in-memory pipe.
+    #[cfg(test)]
+    Pipe(tokio::io::DuplexStream),
 }
 
 /// Apply `$call` to whichever stream `$self` holds.
@@ -210,6 +240,8 @@ macro_rules! each {
             Stream::Rustls($s) => $call,
             #[cfg(feature = "native-tls")]
             Stream::Native($s) => $call,
+            #[cfg(test)]
+            Stream::Pipe($s) => $call,
         }
     };
 }
@@ -248,6 +280,8 @@ impl AsyncWrite for Stream {
             Stream::Rustls(s) => s.is_write_vectored(),
             #[cfg(feature = "native-tls")]
             Stream::Native(s) => s.is_write_vectored(),
+            #[cfg(test)]
+            Stream::Pipe(s) => s.is_write_vectored(),
         }
     }
 

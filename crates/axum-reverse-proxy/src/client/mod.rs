@@ -23,6 +23,7 @@ use crate::error::{Kind, ProxyError};
 use crate::uri::Target;
 
 pub(crate) mod connect;
+pub(crate) mod idle;
 pub(crate) mod pool;
 pub(crate) mod tls;
 
@@ -161,7 +162,10 @@ where
                 *req.uri_mut() = absolute_uri(target, req.uri());
                 *req.version_mut() = Version::HTTP_11;
                 match client.request(req).await {
-                    Ok(response) => Ok(response.map(Body::new)),
+                    Ok(mut response) => {
+                        drop_conflicting_length(response.headers_mut());
+                        Ok(response.map(Body::new))
+                    }
                     Err(err) if err.is_connect() => Err(ProxyError::with_cause(Kind::Connect, err)),
                     Err(err) if pool::is_body_limit(&err) => {
                         Err(ProxyError::with_cause(Kind::BodyTooLarge, err))
@@ -171,6 +175,15 @@ where
             }
         }
     }
+}
+
+/// RFC 9112 §6.3: an HTTP/1 response with both `Transfer-Encoding` and
+/// `Content-Length` has its body framed by the former (hyper reads it so); the
+/// `Content-Length` must go before the response is forwarded, or the client would frame
+/// the body by a length it does not have. Returns whether it was there.
+pub(crate) fn drop_conflicting_length(headers: &mut http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.remove(http::header::CONTENT_LENGTH).is_some()
 }
 
 /// `scheme://authority/path?query` for clients that dial by URI.
@@ -187,3 +200,6 @@ fn absolute_uri(target: &Target, origin: &Uri) -> Uri {
 }
 
 pub(crate) use pool::PoolKey as UpstreamKey;
+
+#[cfg(test)]
+mod tests;

@@ -20,8 +20,17 @@
 //!   clone of the sender; a shared map (locked only on a miss) holds the canonical one.
 //! - **Stale connections**: an idle connection the upstream closed is dropped at
 //!   checkout. A request that hyper hands back unsent (the connection died just as it was
-//!   reused) is sent again on a fresh connection: nothing reached the upstream, so this
-//!   is safe for any method.
+//!   reused) is sent again: nothing reached the upstream, so this is safe for any method.
+//!   When the upstream's close crosses the request on the wire, the request was written
+//!   and the connection ends without an answer; then only an idempotent request without
+//!   a body is sent again, once, on a new connection (RFC 9110 §9.2.2). Anything else
+//!   is answered 502: its bytes were sent, and it is not the proxy's to repeat.
+//! - **HTTP/2 refusals**: a stream the upstream refused unprocessed (REFUSED_STREAM, or
+//!   sent after its GOAWAY) is sent again on a new connection when it is idempotent
+//!   without a body; otherwise it fails as `is_connect()` (it never reached the
+//!   upstream), which a `RetryLayer` may replay.
+//! - **Suspect responses**: a response with both `Transfer-Encoding` and
+//!   `Content-Length` loses the latter and its connection is not reused.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -150,24 +159,35 @@ impl Pool {
         mut req: Request<Body>,
         protocol: Protocol,
     ) -> Result<Response<Body>, ProxyError> {
-        // A pooled connection may die just as we reuse it; hyper then gives the request
-        // back unsent and we try again. A fresh connection ends the loop either way.
+        // A pooled connection may die just as we reuse it. If hyper gives the request
+        // back unsent, we try again; if it was written, only an idempotent request
+        // without a body is sent again (see `replayable`), and on a new connection.
+        // A fresh connection ends the loop either way.
+        let mut fresh_only = false;
         loop {
-            let (conn, reused) = match self.checkout(key, protocol).await {
+            let checked_out = if fresh_only {
+                None
+            } else {
+                self.checkout(key, protocol).await
+            };
+            let (conn, reused) = match checked_out {
                 Some(conn) => (conn, true),
                 // Boxed: the connect future (connector, TLS, handshakes) is several KiB,
                 // and only a pool miss needs it; inline, every request would carry it.
                 None => (Box::pin(self.connect(key, protocol)).await?, false),
             };
-            let result = match conn {
+            let (mut failed, replay) = match conn {
                 Conn::H1(mut sender) => {
                     *req.version_mut() = Version::HTTP_11;
+                    let replay = if reused { replayable(&req) } else { None };
                     match sender.try_send_request(req).await {
                         Ok(response) => return Ok(self.h1_response(key, sender, response)),
-                        Err(err) => err,
+                        Err(err) => (err, replay),
                     }
                 }
                 Conn::H2(mut sender) => {
+                    // Copied before the conversion, which moves `Host` into the URI.
+                    let replay = if reused { replayable(&req) } else { None };
                     to_h2_request(&mut req, key);
                     match sender.try_send_request(req).await {
                         Ok(response) => return Ok(response.map(Body::new)),
@@ -175,18 +195,31 @@ impl Pool {
                             if sender.is_closed() {
                                 self.forget_h2(key);
                             }
-                            err
+                            (err, replay)
                         }
                     }
                 }
             };
-            let mut result = result;
-            match result.take_message() {
+            match failed.take_message() {
                 Some(unsent) if reused => {
                     tracing::debug!("pooled connection closed before use; retrying on a new one");
                     req = unsent;
                 }
-                _ => return Err(classify_send_error(result.into_error())),
+                _ => {
+                    let err = failed.into_error();
+                    match replay {
+                        Some(replay) if died_before_response(&err) || refused_unprocessed(&err) => {
+                            tracing::debug!(
+                                error = %err,
+                                "pooled connection closed as it was reused; \
+                                 sending the idempotent request again on a new one"
+                            );
+                            req = replay;
+                            fresh_only = true;
+                        }
+                        _ => return Err(classify_send_error(err)),
+                    }
+                }
             }
         }
     }
@@ -197,8 +230,14 @@ impl Pool {
         sender: http1::SendRequest<Body>,
         response: Response<Incoming>,
     ) -> Response<Body> {
+        let mut response = response;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the upgrade.
+            return response.map(Body::new);
+        }
+        if super::drop_conflicting_length(response.headers_mut()) {
+            // A sign of response splitting: this connection is not used again (it closes
+            // once the body, framed by its Transfer-Encoding, is read).
             return response.map(Body::new);
         }
         if response.body().is_end_stream() {
@@ -230,6 +269,20 @@ impl Pool {
                 return Some(Conn::H1(sender));
             }
         }
+    }
+
+    /// Whether an idle HTTP/1.1 connection to `key` is pooled and ready for a request
+    /// (waiting for its connection task to say so), leaving it pooled.
+    #[cfg(test)]
+    pub(crate) async fn idle_ready(&self, key: &PoolKey) -> bool {
+        let Some(mut sender) = self.take_idle(key) else {
+            return false;
+        };
+        let ready = sender.ready().await.is_ok();
+        if ready {
+            self.checkin(key.clone(), sender);
+        }
+        ready
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<http1::SendRequest<Body>> {
@@ -402,10 +455,72 @@ fn to_h2_request(req: &mut Request<Body>, key: &PoolKey) {
     *req.version_mut() = Version::HTTP_2;
 }
 
-/// Map a failure to send a request on an established connection.
+/// A copy of `req` to send again if the reused connection it goes on turns out to have
+/// been closed by the upstream: only for idempotent methods (RFC 9110 §9.2.2, which
+/// allows repeating them after a failure before the response) with no body and nothing
+/// in the extensions. Everything else is sent once.
+///
+/// An upstream closes an idle keep-alive connection whenever its own idle timeout says
+/// so; a request written in the instant before the close reaches the proxy is lost with
+/// the connection, and without this copy a `GET` would be answered 502 for nothing.
+fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
+    if !req.method().is_idempotent() || !req.body().is_end_stream() || !req.extensions().is_empty()
+    {
+        return None;
+    }
+    let mut copy = Request::new(Body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether a connection ended (closed or reset) before a response to the request on it
+/// was complete, rather than answering with something malformed.
+fn died_before_response(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether an HTTP/2 upstream refused the request before processing it: a stream reset
+/// with REFUSED_STREAM, or one that came after the upstream's GOAWAY (a graceful
+/// shutdown, a restart). RFC 9113 §8.7: such requests are safe to retry, whatever the
+/// method.
+fn refused_unprocessed(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Map a failure to send a request on an established connection. A request the
+/// upstream refused unprocessed counts as never having reached it (`is_connect()`), so
+/// that a [`RetryLayer`](crate::RetryLayer) may send it again.
 pub(crate) fn classify_send_error(err: hyper::Error) -> ProxyError {
     if is_body_limit(&err) {
         ProxyError::with_cause(Kind::BodyTooLarge, err)
+    } else if refused_unprocessed(&err) {
+        ProxyError::with_cause(Kind::Connect, err)
     } else {
         ProxyError::with_cause(Kind::Upstream, err)
     }

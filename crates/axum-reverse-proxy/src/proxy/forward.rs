@@ -294,6 +294,7 @@ where
             )));
         }
         headers::strip_hop_by_hop(response.headers_mut(), false);
+        let response = crate::client::idle::limit(response, policy.upstream_body_idle_timeout);
         Ok(self.finish(response, held))
     }
 

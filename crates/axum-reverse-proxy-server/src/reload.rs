@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum_reverse_proxy::UpgradeTunnels;
 
@@ -136,6 +136,36 @@ impl Snapshot {
                 .collect(),
             tls: tls_configs,
         })
+    }
+}
+
+/// How long a reload waits for the pools it builds anew over discovery to find endpoints.
+pub(crate) const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
+
+impl Snapshot {
+    /// Wait until every pool of this snapshot that was built anew (not carried over from
+    /// `previous`) and whose endpoints come from discovery has found one, or `limit`
+    /// passes. A rebuilt etcd or DNS pool starts empty and would answer 503 until its
+    /// source first answers; waiting keeps `previous` serving meanwhile.
+    pub(crate) async fn wait_for_discovery(&self, previous: &Snapshot, limit: Duration) {
+        let fresh: Vec<&Arc<BuiltPool>> = self
+            .pools
+            .iter()
+            .filter(|(name, pool)| {
+                matches!(pool.kind(), "etcd" | "dns")
+                    && previous
+                        .pools
+                        .get(*name)
+                        .is_none_or(|old| !Arc::ptr_eq(old, pool))
+            })
+            .map(|(_, pool)| pool)
+            .collect();
+        let deadline = tokio::time::Instant::now() + limit;
+        while fresh.iter().any(|pool| pool.endpoints().is_empty())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

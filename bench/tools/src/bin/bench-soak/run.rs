@@ -62,7 +62,7 @@ impl Options {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1),
             scale: 1.0,
-            sample_every: 5,
+            sample_every: 1,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -324,34 +324,55 @@ async fn soak_inner(o: &Options) -> Result<i32, String> {
         metric_summary(&metrics)
     );
 
+    let csv: String = samples
+        .iter()
+        .map(|s| format!("{:.1},{},{},{}\n", s.t, s.rss_kib, s.fds, s.threads))
+        .collect();
+    let _ = std::fs::write(
+        o.workdir.join("rss.csv"),
+        format!("t,rss_kib,fds,threads\n{csv}"),
+    );
+    let every = (10 / o.sample_every as usize).max(1);
+    let shown: Vec<Sample> = samples
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % every == 0 || *i == samples.len() - 1)
+        .map(|(_, s)| *s)
+        .collect();
     let _ = writeln!(
         out,
-        "\nproxy RSS / fds / threads every {} s:",
+        "\nproxy RSS / fds every {} s (sampled every {} s: rss.csv):",
+        every as u64 * o.sample_every,
         o.sample_every
     );
-    for chunk in samples.chunks(6) {
+    for chunk in shown.chunks(6) {
         let line: Vec<String> = chunk
             .iter()
             .map(|s| format!("{:>4.0}s {:>6} KiB {:>3} fd", s.t, s.rss_kib, s.fds))
             .collect();
         let _ = writeln!(out, "  {}", line.join(" | "));
     }
-    // RSS moves by a megabyte or two from one sample to the next (1 MiB bodies in
-    // flight, allocator caches): compare the mean of the samples in the 30 s after
-    // warm-up with the mean of the last 30 s, each over the same number of samples.
+    // The RSS of this ~20 MB process swings by a megabyte or two from one second to the
+    // next (bodies in flight, allocator caches), so single samples compare the swing, not
+    // the level: compare the median of the samples of the minute after warm-up with the
+    // median of the last minute (each window a fifth of the time after warm-up at most).
     let warmup = o.warmup() as f64;
     let last = samples.last().copied().expect("a sample");
     let first = samples[0];
     let after_warmup: Vec<Sample> = samples.iter().filter(|s| s.t >= warmup).copied().collect();
-    let window = (30 / o.sample_every as usize).clamp(1, (after_warmup.len() / 2).max(1));
-    let mean = |s: &[Sample]| s.iter().map(|s| s.rss_kib as f64).sum::<f64>() / s.len() as f64;
+    let window = (60 / o.sample_every as usize).clamp(1, (after_warmup.len() / 5).max(1));
+    let median = |s: &[Sample]| {
+        let mut v: Vec<u64> = s.iter().map(|s| s.rss_kib).collect();
+        v.sort_unstable();
+        v[v.len() / 2] as f64
+    };
     let growth = (after_warmup.len() >= 2).then(|| {
-        let base = mean(&after_warmup[..window]);
-        let end = mean(&after_warmup[after_warmup.len() - window..]);
+        let base = median(&after_warmup[..window]);
+        let end = median(&after_warmup[after_warmup.len() - window..]);
         let _ = writeln!(
             out,
-            "RSS: start {} KiB; after warm-up {:.0} KiB (mean of {window} samples from {:.0} s); \
-             end {:.0} KiB (mean of the last {window}, to {:.0} s): {:+.1} % (limit +{:.0} %); \
+            "RSS: start {} KiB; after warm-up {:.0} KiB (median of {window} samples from {:.0} s); \
+             end {:.0} KiB (median of the last {window}, to {:.0} s): {:+.1} % (limit +{:.0} %); \
              single samples {} KiB at {:.0} s and {} KiB at {:.0} s; after the load stopped {} KiB",
             first.rss_kib,
             base,

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum_reverse_proxy::UpgradeTunnels;
 
@@ -140,14 +140,14 @@ impl Snapshot {
 }
 
 /// How long a reload waits for the pools it builds anew over discovery to find endpoints.
-pub(crate) const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Snapshot {
     /// Wait until every pool of this snapshot that was built anew (not carried over from
     /// `previous`) and whose endpoints come from discovery has found one, or `limit`
     /// passes. A rebuilt etcd or DNS pool starts empty and would answer 503 until its
     /// source first answers; waiting keeps `previous` serving meanwhile.
-    pub(crate) async fn wait_for_discovery(&self, previous: &Snapshot, limit: Duration) {
+    pub(crate) async fn wait_for_discovery(&self, previous: &Snapshot, limit: std::time::Duration) {
         let fresh: Vec<&Arc<BuiltPool>> = self
             .pools
             .iter()
@@ -164,7 +164,7 @@ impl Snapshot {
         while fresh.iter().any(|pool| pool.endpoints().is_empty())
             && tokio::time::Instant::now() < deadline
         {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }

@@ -143,6 +143,36 @@ impl Snapshot {
     }
 }
 
+/// How long a reload waits for the pools it builds anew over discovery to find endpoints.
+pub(crate) const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Snapshot {
+    /// Wait until every pool of this snapshot that was built anew (not carried over from
+    /// `previous`) and whose endpoints come from discovery has found one, or `limit`
+    /// passes. A rebuilt etcd or DNS pool starts empty and would answer 503 until its
+    /// source first answers; waiting keeps `previous` serving meanwhile.
+    pub(crate) async fn wait_for_discovery(&self, previous: &Snapshot, limit: std::time::Duration) {
+        let fresh: Vec<&Arc<BuiltPool>> = self
+            .pools
+            .iter()
+            .filter(|(name, pool)| {
+                matches!(pool.kind(), "etcd" | "dns")
+                    && previous
+                        .pools
+                        .get(*name)
+                        .is_none_or(|old| !Arc::ptr_eq(old, pool))
+            })
+            .map(|(_, pool)| pool)
+            .collect();
+        let deadline = tokio::time::Instant::now() + limit;
+        while fresh.iter().any(|pool| pool.endpoints().is_empty())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
 // ===== impl FileWatch =====
 
 /// Notices changes to the configuration file by polling its modification time and size.

@@ -24,7 +24,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, metrics::Metrics, metrics::ResultLabels};
 use crate::config::{self, ConfigErrors, Loaded};
 use crate::listener::{self, Running, Settings};
-use crate::reload::{FileWatch, Snapshot};
+use crate::reload::{self, FileWatch, Snapshot};
 use crate::shutdown::{self, Event, Signals};
 
 /// State shared by every connection and request.
@@ -314,6 +314,9 @@ impl Server {
             &self.shared.tunnels,
         )
         .map_err(|e| e.to_string())?;
+        snapshot
+            .wait_for_discovery(current, reload::DISCOVERY_WAIT)
+            .await;
         let old = &current.loaded.config;
         let new = &snapshot.loaded.config;
         let mut at_restart = Vec::new();

@@ -11,7 +11,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum_reverse_proxy::{ProxyError, RetryLayer, ReverseProxy};
+use axum_reverse_proxy::{
+    BalancedProxy, LoadBalancingStrategy, OutlierDetection, ProxyError, RetryLayer, ReverseProxy,
+};
 use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -89,6 +91,29 @@ fn flaky_proxy(upstream: SocketAddr, fail: usize) -> (Router, Arc<AtomicUsize>) 
 }
 
 // ===== replayed: the request never reached the upstream =====
+
+#[tokio::test]
+async fn a_balanced_retry_goes_to_an_endpoint_not_tried_yet() {
+    let (upstream, _seen) = recording_upstream().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    // Random picks and no ejection: without avoiding the endpoint that just failed, about
+    // one request in four would spend both attempts on the dead one.
+    let proxy = BalancedProxy::new(
+        "/".to_owned(),
+        vec![format!("http://{dead}"), format!("http://{upstream}")],
+    )
+    .with_strategy(LoadBalancingStrategy::Random)
+    .with_outlier_detection(OutlierDetection::disabled());
+    let app = Router::from(proxy).layer(RetryLayer::with_delay(2, Duration::ZERO));
+    for i in 0..40 {
+        let req = Request::get("/x").body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+    }
+}
 
 #[tokio::test]
 async fn post_body_is_replayed_intact_after_connect_failures() {

@@ -19,6 +19,7 @@ use super::set::EndpointSet;
 use super::strategy::{self, PickCtx};
 use crate::error::{InvalidTarget, Kind, ProxyError};
 use crate::proxy::{Forwarder, mounted_path_and_query};
+use crate::retry::Tried;
 use crate::uri::{self, Target};
 
 /// Peak-EWMA time constant.
@@ -176,6 +177,13 @@ where
     }
 
     /// Choose an endpoint for `req`.
+    ///
+    /// A retry (the retry layer shares a [`Tried`] list between a request's attempts)
+    /// avoids the endpoints earlier attempts went to: if the strategy picks one of them,
+    /// the next available endpoint after it that was not tried is taken instead, when
+    /// there is one. Without this, a retry could land on the endpoint that just failed
+    /// (round robin under concurrency, random, P2C), and an endpoint that cannot be
+    /// ejected (`max_ejection_percent`) could fail a request on every attempt.
     pub(crate) fn choose(&self, req: &Request<Body>) -> Option<Arc<Endpoint>> {
         let hash = match self.config.strategy {
             LoadBalancingStrategy::ConsistentHash => self.config.hash_key.hash(req),
@@ -184,7 +192,19 @@ where
         let snapshot = self.set.load();
         let mut ctx = PickCtx::new(&self.set, hash, self.config.decay);
         let index = strategy::pick(self.config.strategy, &snapshot, &mut ctx)?;
-        snapshot.endpoints.get(index).cloned()
+        let chosen = snapshot.endpoints.get(index)?;
+        if let Some(tried) = req.extensions().get::<Tried>()
+            && tried.contains(chosen.id)
+        {
+            let n = snapshot.len();
+            let untried = (1..n)
+                .map(|k| &snapshot.endpoints[(index + k) % n])
+                .find(|e| !tried.contains(e.id) && ctx.available(e));
+            if let Some(other) = untried {
+                return Some(Arc::clone(other));
+            }
+        }
+        Some(Arc::clone(chosen))
     }
 
     pub(crate) async fn handle(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
@@ -193,6 +213,9 @@ where
             tracing::debug!(path = %self.path, "no endpoint available");
             return ProxyError::new(Kind::NoEndpoint).into_response();
         };
+        if let Some(tried) = req.extensions().get::<Tried>() {
+            tried.add(endpoint.id);
+        }
         let flight = InFlight::start(endpoint);
         let endpoint = Arc::clone(flight.endpoint());
         let path_and_query = mounted_path_and_query(&req, &self.base, &endpoint.target);

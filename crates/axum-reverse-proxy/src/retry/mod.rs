@@ -35,6 +35,8 @@
 //!   shared tee that keeps what was read (shared `Bytes`) up to the cap; a retry replays that,
 //!   then continues from the client. A newer attempt cuts off the body of an older one.
 //! - `backoff.rs`: capped exponential backoff with equal jitter (algorithm and source there).
+//! - `tried.rs`: the endpoints a request's attempts went to, so that a balanced proxy sends
+//!   a retry elsewhere.
 //! - `budget.rs`: the retry budget shared by all services of one layer, after Finagle
 //!   (algorithm and source there).
 
@@ -44,9 +46,11 @@ mod budget;
 mod future;
 mod layer;
 mod service;
+mod tried;
 
 #[cfg(test)]
 mod tests;
 
 pub use self::layer::RetryLayer;
 pub use self::service::Retry;
+pub(crate) use self::tried::Tried;

@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::body::Replay;
 use super::future::{Attempts, ResponseFuture};
 use super::layer::Config;
+use super::tried::Tried;
 
 /// The service built by [`RetryLayer`](crate::RetryLayer): retries requests that failed
 /// before reaching the upstream, on a clone of the inner service. The rules are described on
@@ -68,7 +69,9 @@ where
         let clone = self.inner.clone();
         let mut service = mem::replace(&mut self.inner, clone);
 
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // Shared by every attempt: a balanced proxy sends a retry to another endpoint.
+        parts.extensions.insert(Tried::default());
         let (replay, body) = Replay::new(body, self.config.max_replay_body_bytes);
         let future = service.call(Request::from_parts(parts.clone(), body));
         ResponseFuture::retrying(

@@ -1,7 +1,8 @@
 //! The `axum-reverse-proxy` server; the rooms of the server are the modules below.
 //!
 //! This library target is not an API: it exists so that the fuzz targets in `fuzz/` can
-//! reach the configuration parser. The binary, `main.rs`, only calls [`main`].
+//! reach the configuration parser (through `__fuzz`, compiled only under
+//! `cfg(fuzzing)`). The binary, `main.rs`, only calls [`main`].
 #![warn(rust_2018_idioms, clippy::all)]
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,13 @@ mod routes;
 mod server;
 mod shutdown;
 mod upstream;
+
+// The configuration parser, for the fuzz targets in `fuzz/` only (cargo-fuzz sets
+// `cfg(fuzzing)`): not an API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 
 use cli::{Cli, Mode};
 use server::RunError;

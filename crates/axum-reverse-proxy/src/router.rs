@@ -296,7 +296,7 @@ where
 
 /// The literal part of a route path, before its first parameter, without trailing
 /// slashes: what a base-URL target strips from the request path.
-fn literal_prefix(route: &str) -> String {
+pub(crate) fn literal_prefix(route: &str) -> String {
     let literal = route.find('{').map_or(route, |i| &route[..i]);
     uri::normalize_base(literal).to_owned()
 }

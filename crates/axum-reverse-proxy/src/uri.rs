@@ -129,6 +129,21 @@ impl Target {
     }
 }
 
+#[cfg(fuzzing)]
+impl Target {
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    pub(crate) fn trailing_slash(&self) -> bool {
+        self.trailing_slash
+    }
+}
+
 /// Strip trailing slashes from a mount path: `/api/` and `/api` mount the same place,
 /// and `/` is the same as `""`.
 pub(crate) fn normalize_base(base: &str) -> &str {

@@ -39,6 +39,11 @@ impl Settings {
         }
         Settings { policy, via }
     }
+
+    #[cfg(fuzzing)]
+    pub(crate) fn via(&self) -> Option<&str> {
+        self.via.as_deref()
+    }
 }
 
 /// Everything needed to forward a request to a target: where to send it and how.

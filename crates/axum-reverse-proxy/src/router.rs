@@ -185,7 +185,8 @@ const TEMPLATE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Substitute `{name}` placeholders in one pass; values are encoded and never rescanned.
+/// Substitute `{name}` placeholders in one pass; values are encoded and never rescanned,
+/// and a `.` or `..` path segment made with a value is encoded too.
 /// Unknown placeholders stay as written, which makes the target invalid: the route then
 /// answers 500 instead of forwarding a `{name}` the upstream cannot parse.
 pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> String {
@@ -195,8 +196,8 @@ pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Stri
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return out;
+            rest = &rest[open..];
+            break;
         };
         let name = &after[..close];
         match params.iter().find(|(k, _)| k == name) {
@@ -215,7 +216,44 @@ pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Stri
         rest = &after[close + 1..];
     }
     out.push_str(rest);
-    out
+    encode_dot_segments_from_values(template, out)
+}
+
+/// A `.` or `..` path segment that the template does not have itself (an empty value
+/// beside a literal dot: `{name}.{ext}` with both empty, as axum matches `/f//`) would
+/// walk the upstream's path: encode its dots. Values never add a `/`, `?` or `#`, so the
+/// template's and the output's path segments correspond one to one.
+fn encode_dot_segments_from_values(template: &str, out: String) -> String {
+    fn path(url: &str) -> std::ops::Range<usize> {
+        let start = match url.find("://") {
+            Some(i) => url[i + 3..].find('/').map_or(url.len(), |j| i + 3 + j),
+            None => url.find('/').unwrap_or(url.len()),
+        };
+        let end = url[start..]
+            .find(['?', '#'])
+            .map_or(url.len(), |i| start + i);
+        start..end
+    }
+    let is_dots = |segment: &str| segment == "." || segment == "..";
+    let range = path(&out);
+    if !out[range.clone()].split('/').any(is_dots) {
+        return out;
+    }
+    let theirs: Vec<&str> = template[path(template)].split('/').collect();
+    let mut fixed = String::with_capacity(out.len() + 4);
+    fixed.push_str(&out[..range.start]);
+    for (i, segment) in out[range.clone()].split('/').enumerate() {
+        if i > 0 {
+            fixed.push('/');
+        }
+        if is_dots(segment) && theirs.get(i) != Some(&segment) {
+            fixed.push_str(&"%2E".repeat(segment.len()));
+        } else {
+            fixed.push_str(segment);
+        }
+    }
+    fixed.push_str(&out[range.end..]);
+    fixed
 }
 
 impl TargetResolver for TemplateTarget {
@@ -432,6 +470,24 @@ mod tests {
         let out = fill_template("http://h/{a}/{unknown}", &params(&[("a", "{unknown}")]));
         assert_eq!(out, "http://h/%7Bunknown%7D/{unknown}");
         assert_eq!(fill_template("http://h/{open", &[]), "http://h/{open");
+    }
+
+    #[test]
+    fn empty_values_make_no_dot_segment() {
+        // Found by the `template` fuzz target: axum gives `/f//` to `/f/{name}/{ext}` with
+        // both values empty, and `{name}.{ext}` became the segment `.`.
+        let both_empty = params(&[("name", ""), ("ext", "")]);
+        let out = fill_template("http://h/files/{name}.{ext}?v=1", &both_empty);
+        assert_eq!(out, "http://h/files/%2E?v=1");
+        let out = fill_template("http://h/a/{name}..{ext}/b", &both_empty);
+        assert_eq!(out, "http://h/a/%2E%2E/b");
+        // The template's own dot segments, and dots in the query, stay as written.
+        let out = fill_template("http://h/./x/../{name}.{ext}?p=../.", &both_empty);
+        assert_eq!(out, "http://h/./x/../%2E?p=../.");
+        let out = fill_template("http://h/{name}../{open", &both_empty);
+        assert_eq!(out, "http://h/%2E%2E/{open");
+        let out = fill_template("http://h/{name}.json", &params(&[("name", "a")]));
+        assert_eq!(out, "http://h/a.json");
     }
 
     #[test]

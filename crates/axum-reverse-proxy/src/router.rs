@@ -187,13 +187,16 @@ const TEMPLATE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Substitute `{name}` placeholders in one pass; values are encoded and never rescanned,
 /// and a `.` or `..` path segment made with a value is encoded too.
-/// Unknown placeholders stay as written, which makes the target invalid: the route then
-/// answers 500 instead of forwarding a `{name}` the upstream cannot parse.
 pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> String {
     let mut out = String::with_capacity(template.len() + 16);
+    let mut segment = Segment {
+        start: 0,
+        filled: false,
+        in_path: true,
+    };
     let mut rest = template;
     while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
+        segment.push_literal(&mut out, &rest[..open]);
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
             rest = &rest[open..];
@@ -206,7 +209,10 @@ pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Stri
                     out.push_str("%2E");
                 }
             }
-            Some((_, value)) => out.extend(utf8_percent_encode(value, TEMPLATE_VALUE)),
+            Some((_, value)) => {
+                out.extend(utf8_percent_encode(value, TEMPLATE_VALUE));
+                segment.filled = true;
+            }
             None => {
                 out.push('{');
                 out.push_str(name);
@@ -215,45 +221,48 @@ pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Stri
         }
         rest = &after[close + 1..];
     }
-    out.push_str(rest);
-    encode_dot_segments_from_values(template, out)
+    segment.push_literal(&mut out, rest);
+    segment.close(&mut out);
+    out
 }
 
-/// A `.` or `..` path segment that the template does not have itself (an empty value
-/// beside a literal dot: `{name}.{ext}` with both empty, as axum matches `/f//`) would
-/// walk the upstream's path: encode its dots. Values never add a `/`, `?` or `#`, so the
-/// template's and the output's path segments correspond one to one.
-fn encode_dot_segments_from_values(template: &str, out: String) -> String {
-    fn path(url: &str) -> std::ops::Range<usize> {
-        let start = match url.find("://") {
-            Some(i) => url[i + 3..].find('/').map_or(url.len(), |j| i + 3 + j),
-            None => url.find('/').unwrap_or(url.len()),
-        };
-        let end = url[start..]
-            .find(['?', '#'])
-            .map_or(url.len(), |i| start + i);
-        start..end
-    }
-    let is_dots = |segment: &str| segment == "." || segment == "..";
-    let range = path(&out);
-    if !out[range.clone()].split('/').any(is_dots) {
-        return out;
-    }
-    let theirs: Vec<&str> = template[path(template)].split('/').collect();
-    let mut fixed = String::with_capacity(out.len() + 4);
-    fixed.push_str(&out[..range.start]);
-    for (i, segment) in out[range.clone()].split('/').enumerate() {
-        if i > 0 {
-            fixed.push('/');
+/// The `/`-separated segment of a template being filled. A segment that a value helped
+/// make and that came out as `.` or `..` (an empty value beside a literal dot:
+/// `{name}.{ext}` with both empty, as axum matches `/f//` to `/f/{name}/{ext}`) would
+/// walk the upstream's path: its dots are encoded. Values never add a `/`, `?` or `#`.
+struct Segment {
+    start: usize,
+    filled: bool,
+    /// Before the query and fragment.
+    in_path: bool,
+}
+
+impl Segment {
+    fn push_literal(&mut self, out: &mut String, mut text: &str) {
+        while self.in_path
+            && let Some(i) = text.find(['/', '?', '#'])
+        {
+            out.push_str(&text[..i]);
+            self.close(out);
+            out.push_str(&text[i..=i]);
+            self.in_path = &text[i..=i] == "/";
+            self.start = out.len();
+            self.filled = false;
+            text = &text[i + 1..];
         }
-        if is_dots(segment) && theirs.get(i) != Some(&segment) {
-            fixed.push_str(&"%2E".repeat(segment.len()));
-        } else {
-            fixed.push_str(segment);
+        out.push_str(text);
+    }
+
+    fn close(&self, out: &mut String) {
+        let segment = &out[self.start..];
+        if self.in_path && self.filled && (segment == "." || segment == "..") {
+            let dots = segment.len();
+            out.truncate(self.start);
+            for _ in 0..dots {
+                out.push_str("%2E");
+            }
         }
     }
-    fixed.push_str(&out[range.end..]);
-    fixed
 }
 
 impl TargetResolver for TemplateTarget {

@@ -90,8 +90,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        // From the raw bytes: a line with obs-text (not `to_str`) still names headers.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for name in named {
             if keep_upgrade && name == header::UPGRADE {

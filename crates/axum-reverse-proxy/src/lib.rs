@@ -139,6 +139,13 @@ mod router;
 mod upgrade;
 mod uri;
 
+// The crate-private rules, for the fuzz targets in `fuzz/` only (cargo-fuzz sets
+// `cfg(fuzzing)`): not an API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use balance::{
     BalancedProxy, DiscoverableBalancedProxy, EndpointStats, HashKey, HealthCheck,
     LoadBalancingStrategy, OutlierDetection, StandardBalancedProxy,

@@ -221,6 +221,8 @@ impl ProxyPolicy {
     }
 
     /// Add `Via` with this pseudonym both ways and detect loops through it (508).
+    /// The pseudonym is a token or `host[:port]` (no spaces or commas); another value is
+    /// ignored, with a warning.
     pub fn with_via(mut self, pseudonym: impl Into<String>) -> Self {
         self.via = Some(pseudonym.into());
         self

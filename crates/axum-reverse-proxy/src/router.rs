@@ -185,18 +185,22 @@ const TEMPLATE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Substitute `{name}` placeholders in one pass; values are encoded and never rescanned.
-/// Unknown placeholders stay as written, which makes the target invalid: the route then
-/// answers 500 instead of forwarding a `{name}` the upstream cannot parse.
+/// Substitute `{name}` placeholders in one pass; values are encoded and never rescanned,
+/// and a `.` or `..` path segment made with a value is encoded too.
 pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> String {
     let mut out = String::with_capacity(template.len() + 16);
+    let mut segment = Segment {
+        start: 0,
+        filled: false,
+        in_path: true,
+    };
     let mut rest = template;
     while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
+        segment.push_literal(&mut out, &rest[..open]);
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return out;
+            rest = &rest[open..];
+            break;
         };
         let name = &after[..close];
         match params.iter().find(|(k, _)| k == name) {
@@ -205,7 +209,10 @@ pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Stri
                     out.push_str("%2E");
                 }
             }
-            Some((_, value)) => out.extend(utf8_percent_encode(value, TEMPLATE_VALUE)),
+            Some((_, value)) => {
+                out.extend(utf8_percent_encode(value, TEMPLATE_VALUE));
+                segment.filled = true;
+            }
             None => {
                 out.push('{');
                 out.push_str(name);
@@ -214,8 +221,48 @@ pub(crate) fn fill_template(template: &str, params: &[(String, String)]) -> Stri
         }
         rest = &after[close + 1..];
     }
-    out.push_str(rest);
+    segment.push_literal(&mut out, rest);
+    segment.close(&mut out);
     out
+}
+
+/// The `/`-separated segment of a template being filled. A segment that a value helped
+/// make and that came out as `.` or `..` (an empty value beside a literal dot:
+/// `{name}.{ext}` with both empty, as axum matches `/f//` to `/f/{name}/{ext}`) would
+/// walk the upstream's path: its dots are encoded. Values never add a `/`, `?` or `#`.
+struct Segment {
+    start: usize,
+    filled: bool,
+    /// Before the query and fragment.
+    in_path: bool,
+}
+
+impl Segment {
+    fn push_literal(&mut self, out: &mut String, mut text: &str) {
+        while self.in_path
+            && let Some(i) = text.find(['/', '?', '#'])
+        {
+            out.push_str(&text[..i]);
+            self.close(out);
+            out.push_str(&text[i..=i]);
+            self.in_path = &text[i..=i] == "/";
+            self.start = out.len();
+            self.filled = false;
+            text = &text[i + 1..];
+        }
+        out.push_str(text);
+    }
+
+    fn close(&self, out: &mut String) {
+        let segment = &out[self.start..];
+        if self.in_path && self.filled && (segment == "." || segment == "..") {
+            let dots = segment.len();
+            out.truncate(self.start);
+            for _ in 0..dots {
+                out.push_str("%2E");
+            }
+        }
+    }
 }
 
 impl TargetResolver for TemplateTarget {
@@ -296,7 +343,7 @@ where
 
 /// The literal part of a route path, before its first parameter, without trailing
 /// slashes: what a base-URL target strips from the request path.
-fn literal_prefix(route: &str) -> String {
+pub(crate) fn literal_prefix(route: &str) -> String {
     let literal = route.find('{').map_or(route, |i| &route[..i]);
     uri::normalize_base(literal).to_owned()
 }
@@ -432,6 +479,24 @@ mod tests {
         let out = fill_template("http://h/{a}/{unknown}", &params(&[("a", "{unknown}")]));
         assert_eq!(out, "http://h/%7Bunknown%7D/{unknown}");
         assert_eq!(fill_template("http://h/{open", &[]), "http://h/{open");
+    }
+
+    #[test]
+    fn empty_values_make_no_dot_segment() {
+        // Found by the `template` fuzz target: axum gives `/f//` to `/f/{name}/{ext}` with
+        // both values empty, and `{name}.{ext}` became the segment `.`.
+        let both_empty = params(&[("name", ""), ("ext", "")]);
+        let out = fill_template("http://h/files/{name}.{ext}?v=1", &both_empty);
+        assert_eq!(out, "http://h/files/%2E?v=1");
+        let out = fill_template("http://h/a/{name}..{ext}/b", &both_empty);
+        assert_eq!(out, "http://h/a/%2E%2E/b");
+        // The template's own dot segments, and dots in the query, stay as written.
+        let out = fill_template("http://h/./x/../{name}.{ext}?p=../.", &both_empty);
+        assert_eq!(out, "http://h/./x/../%2E?p=../.");
+        let out = fill_template("http://h/{name}../{open", &both_empty);
+        assert_eq!(out, "http://h/%2E%2E/{open");
+        let out = fill_template("http://h/{name}.json", &params(&[("name", "a")]));
+        assert_eq!(out, "http://h/a.json");
     }
 
     #[test]

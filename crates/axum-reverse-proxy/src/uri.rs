@@ -87,6 +87,12 @@ impl Target {
         if authority.host().is_empty() {
             return Err(invalid("it has no host"));
         }
+        // `http::Uri` accepts any port text (`host:80x`), and a port that is not a number
+        // would silently become the scheme's default.
+        let port = authority.as_str()[authority.host().len()..].strip_prefix(':');
+        if port.is_some_and(|p| !p.is_empty() && authority.port_u16().is_none()) {
+            return Err(invalid("the port is not a number from 0 to 65535"));
+        }
         let raw_path = uri.path();
         let trimmed = raw_path.trim_end_matches('/');
         let trailing_slash = !trimmed.is_empty() && trimmed.len() != raw_path.len();
@@ -185,6 +191,21 @@ impl Target {
     /// The `Host` header value that names this target.
     pub(crate) fn host_header(&self) -> &HeaderValue {
         &self.host_header
+    }
+}
+
+#[cfg(fuzzing)]
+impl Target {
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    pub(crate) fn trailing_slash(&self) -> bool {
+        self.trailing_slash
     }
 }
 

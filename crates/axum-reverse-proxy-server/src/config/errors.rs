@@ -136,7 +136,13 @@ impl Locator<'_> {
 
 /// Turn a TOML parse or type error into a located error with a hint.
 pub(crate) fn from_toml(loc: &Locator<'_>, err: &toml::de::Error) -> ConfigError {
-    let span = err.span().unwrap_or(0..0);
+    // An empty span at offset 0 would read as "no place" (a default value): the parser's
+    // errors always have one, the first character at least.
+    let span = match err.span() {
+        Some(span) if span.is_empty() && span.start == 0 => 0..1,
+        Some(span) => span,
+        None => 0..0,
+    };
     let message = err.message().trim().to_owned();
     let mut key = loc.key_at(span.start);
     let hint = if let Some(field) = between(&message, "unknown field `", "`") {
@@ -181,4 +187,22 @@ pub(crate) fn from_toml(loc: &Locator<'_>, err: &toml::de::Error) -> ConfigError
 fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
     let rest = &text[text.find(start)? + start.len()..];
     Some(&rest[..rest.find(end)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_at_the_first_character_has_a_place() {
+        // Found by the `config` fuzz target: the span was 0..0, shown as no place.
+        let source = ",[server]\n";
+        let err = toml::from_str::<toml::Table>(source).unwrap_err();
+        let loc = Locator {
+            file: "x.toml",
+            source,
+        };
+        let e = from_toml(&loc, &err);
+        assert_eq!((e.line, e.column), (1, 1), "{e}");
+    }
 }

@@ -46,6 +46,20 @@ fn content_length_goes_with_transfer_encoding() {
 }
 
 #[test]
+fn a_connection_line_with_obs_text_still_names_headers() {
+    // Found by the `headers` fuzz target: the line was skipped whole (not `to_str`), so
+    // `x-secret` was forwarded.
+    let mut h = map(&[("x-secret", "1"), ("x-keep", "yes")]);
+    h.append(
+        header::CONNECTION,
+        HeaderValue::from_bytes(b"keep-al\xffive, x-secret").unwrap(),
+    );
+    strip_hop_by_hop(&mut h, false);
+    let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-keep"]);
+}
+
+#[test]
 fn te_trailers_survives() {
     let mut h = map(&[("te", "trailers"), ("connection", "te")]);
     strip_hop_by_hop(&mut h, false);

@@ -68,6 +68,12 @@ fn target_parsing() {
     assert!(t.is_https());
     let t = Target::parse("wss://example.com").unwrap();
     assert!(t.is_https());
+    let t = Target::parse("http://host:/x").unwrap();
+    assert_eq!(
+        t.authority().port_u16(),
+        None,
+        "an empty port is the default one"
+    );
     let t = Target::parse("localhost:3000").unwrap();
     assert!(!t.is_https());
     assert_eq!(t.as_str(), "localhost:3000");
@@ -78,6 +84,10 @@ fn target_parsing() {
         "ftp://x",
         "http://user:pw@host",
         "http://",
+        // Found by the template fuzz target: `http::Uri` takes these ports as text.
+        "http://host:80x/",
+        "http://host:65536",
+        "http://[::1]:8o",
     ] {
         let err = Target::parse(bad).expect_err(bad);
         assert_eq!(err.target(), bad);

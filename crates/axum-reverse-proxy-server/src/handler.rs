@@ -303,10 +303,7 @@ fn record(shared: &Shared, entry: &Entry) {
             .metrics
             .get_or_init(|| shared.metrics.route(&route.name, &route.pool))
             .record(entry.status, elapsed),
-        None => shared
-            .metrics
-            .route("none", "none")
-            .record(entry.status, elapsed),
+        None => shared.metrics.unrouted().record(entry.status, elapsed),
     }
 }
 
@@ -399,19 +396,16 @@ fn set_scheme(parts: &mut http::request::Parts, tls: bool) {
         _ => {}
     }
     let mut uri = parts.uri.clone().into_parts();
-    match &uri.scheme {
-        Some(_) => {}
-        None => {
-            let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) else {
-                return;
-            };
-            let Ok(authority) = host.parse::<http::uri::Authority>() else {
-                return;
-            };
-            uri.authority = Some(authority);
-            if uri.path_and_query.is_none() {
-                uri.path_and_query = Some(PathAndQuery::from_static("/"));
-            }
+    if uri.scheme.is_none() {
+        let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+            return;
+        };
+        let Ok(authority) = host.parse::<http::uri::Authority>() else {
+            return;
+        };
+        uri.authority = Some(authority);
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
         }
     }
     uri.scheme = Some(scheme);

@@ -27,8 +27,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -145,6 +145,8 @@ pub(crate) struct Metrics {
     upgrades_open: Gauge,
     upgrades_total: Counter,
     upgrade_bytes: Family<DirectionLabels, Counter>,
+    /// The handles of requests no route took (`route="none"`), made at the first one.
+    unrouted: OnceLock<RouteMetrics>,
     /// Serialises scrapes, so two of them never interleave clearing and filling the
     /// endpoint gauges. Only the admin listener takes it.
     scrape: Mutex<()>,
@@ -253,6 +255,7 @@ impl Metrics {
             endpoint_pending,
             endpoint_rtt,
             endpoint_weight,
+            unrouted: OnceLock::new(),
             scrape: Mutex::new(()),
             requests,
             duration,
@@ -271,6 +274,11 @@ impl Metrics {
                 upstream: pool.to_owned(),
             })
             .clone()
+    }
+
+    /// The handles of requests refused or answered 404 before any route took them.
+    pub(crate) fn unrouted(&self) -> &RouteMetrics {
+        self.unrouted.get_or_init(|| self.route("none", "none"))
     }
 
     /// The handles of `route` and `upstream`, for [`RouteMetrics::record`]. Creating them

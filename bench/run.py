@@ -10,7 +10,7 @@ Figures:
   req/s at saturation (wrk / h2load, closed loop);
   CPU per request: the proxy's utime+stime from /proc over the requests served;
   p50/p99/p99.9 at a fixed rate of 50 % of nginx's small-GET maximum (h2load --rps, open loop);
-  RSS idle and per extra idle keep-alive client connection;
+  RSS idle and per extra idle keep-alive client connection (measured after IDLE_SETTLE s idle);
   upstream TCP connections opened per 1,000 requests (connection reuse);
   instructions per request under callgrind (noise-free), by differencing two request counts.
 """
@@ -33,6 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 PROXY_CORE = "0"
 OTHER_CORE = "1"
+# Seconds idle connections sit before their memory is measured.
+IDLE_SETTLE = 3
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -342,6 +344,9 @@ def idle_memory(target, count):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     line = holder.stdout.readline()
+    # Idle connections, measured once idle: ours give back their HTTP/1.1 buffers after
+    # `release_idle_buffers_after` (1 s); nginx frees its buffers at once.
+    time.sleep(IDLE_SETTLE)
     loaded = rss_kib(target.pid) if line.startswith("idle") else None
     holder.stdin.close()
     holder.wait()
@@ -524,7 +529,7 @@ def main():
             continue
         p50, p99, p999 = (statistics.median(p[k] for p in ps) for k in ("p50", "p99", "p999"))
         lines.append(f"| {t.name} | {p50:,.0f} | {p99:,.0f} | {p999:,.0f} | {ratio(p99, base_p99)} |")
-    lines.append(f"\n### Memory: RSS idle and per idle keep-alive client connection ({args.idle:,} connections)\n")
+    lines.append(f"\n### Memory: RSS idle and per idle keep-alive client connection ({args.idle:,} connections, measured after {IDLE_SETTLE} s idle)\n")
     lines.append("| target | RSS idle KiB | KiB per idle connection | vs nginx |")
     lines.append("|---|---:|---:|---:|")
     base_mem = memory.get("nginx", (None, None))[1]

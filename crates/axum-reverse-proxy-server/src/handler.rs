@@ -71,7 +71,7 @@ impl Activity {
 pub(crate) struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn new(activity: Arc<Activity>) -> InFlight {
+    pub(crate) fn new(activity: Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
         InFlight(activity)

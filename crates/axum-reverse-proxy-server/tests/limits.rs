@@ -1,7 +1,8 @@
 //! Server limits from `[server]`: head bytes, header count, URI length, body bytes (also
 //! chunked, over the limit mid-stream), the header-read deadline against tricklers,
 //! keep-alive and idle timeouts (HTTP/1.1 and HTTP/2), max connections, and the same
-//! limits through TLS. Timeouts are awaited (the server closes the socket), not slept
+//! limits through TLS; idle HTTP/1.1 connections giving back their buffers
+//! (`release_idle_buffers_after`) and serving on afterwards. Timeouts are awaited (the server closes the socket), not slept
 //! through; sleeps only pace a client whose slowness is the point.
 //! HTTP/2 floods (streams, rapid reset, CONTINUATION) are in `h2_floods.rs`.
 
@@ -673,17 +674,16 @@ impl TlsClient {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_limits_hold_on_tls_listeners() {
-    let upstream = echo("tls").await;
-    let dir = TempDir::new("tls-limits");
-    let (h1, der) = TlsClient::new(&dir, &[b"http/1.1"]);
-    let h2c = TlsClient::trusting(&der, &[b"h2"]);
-    let config = format!(
+/// A TLS listener `secure` (the certificate of [`TlsClient::new`]) with `server` lines in
+/// `[server]`, an admin listener, and every request routed to `upstream`.
+fn tls_config(upstream: std::net::SocketAddr, server: &str) -> String {
+    format!(
         r#"
 [server]
-header_read_timeout = "2s"
-max_header_count = 10
+{server}
+
+[admin]
+address = "127.0.0.1:0"
 
 [listeners.secure]
 address = "127.0.0.1:0"
@@ -700,6 +700,18 @@ targets = ["http://{upstream}"]
 [[routes]]
 pool = "main"
 "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_hold_on_tls_listeners() {
+    let upstream = echo("tls").await;
+    let dir = TempDir::new("tls-limits");
+    let (h1, der) = TlsClient::new(&dir, &[b"http/1.1"]);
+    let h2c = TlsClient::trusting(&der, &[b"h2"]);
+    let config = tls_config(
+        upstream,
+        "header_read_timeout = \"2s\"\nmax_header_count = 10",
     );
     let path = dir.write("proxy.toml", &config);
     let proxy = Proxy::with_config(&path);
@@ -746,4 +758,260 @@ pool = "main"
         took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
         "closed after {took:?}, not at the 2 s deadline"
     );
+}
+
+// ===== idle buffer release =====
+
+/// `proxy_idle_buffer_releases_total` for `listener`, from the admin API.
+async fn releases(proxy: &Proxy, listener: &str) -> u64 {
+    let text = common::metrics(proxy).await;
+    let key = format!("proxy_idle_buffer_releases_total{{listener=\"{listener}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Wait until `listener`'s connections have released their buffers `count` times in all
+/// (the counter is the only outside sign of it, so it is polled).
+async fn released(proxy: &Proxy, listener: &str, count: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let seen = releases(proxy, listener).await;
+        if seen >= count {
+            assert_eq!(seen, count, "more releases than connections went idle");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{listener}: {seen} releases, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Send one GET on `conn` and check that it is answered by the echo upstream.
+async fn get_ok<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S, path: &str) {
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let response = read_response(conn).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains(&format!("\"uri\":\"{path}\"")),
+        "{response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_release_their_buffers_and_serve_on() {
+    let upstream = echo("r").await;
+    let dir = TempDir::new("release");
+    let path = dir.write(
+        "proxy.toml",
+        &limited_mixed(upstream, "release_idle_buffers_after = \"100ms\""),
+    );
+    let proxy = Proxy::with_config(&path);
+    // `mixed` first tells HTTP/1.1 from HTTP/2: released connections skip that later.
+    for listener in ["web", "mixed"] {
+        let mut tcp = TcpStream::connect(addr_of(&proxy, listener)).await.unwrap();
+        get_ok(&mut tcp, "/first").await;
+        released(&proxy, listener, 1).await;
+        // The same socket, never closed: the next request goes to a new hyper connection.
+        get_ok(&mut tcp, "/second").await;
+        released(&proxy, listener, 2).await;
+
+        // Half a head, then a pause longer than the release delay (the slowness is the
+        // point): no release while a head is being read, and the head is served whole.
+        tcp.write_all(b"GET /third HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(releases(&proxy, listener).await, 2, "{listener}");
+        tcp.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let response = read_response(&mut tcp).await;
+        assert!(response.contains("\"uri\":\"/third\""), "{response}");
+        released(&proxy, listener, 3).await;
+
+        // Two pipelined requests on a released connection: both answered, in order.
+        tcp.write_all(b"GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_response(&mut tcp).await;
+        assert!(first.contains("\"uri\":\"/p1\""), "{first}");
+        let second = read_response(&mut tcp).await;
+        assert!(second.contains("\"uri\":\"/p2\""), "{second}");
+        released(&proxy, listener, 4).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_waiting_for_a_slow_reader_is_never_cut_by_a_release() {
+    // Bodies from one that the socket buffers absorb to one that keeps the upstream
+    // waiting: in between, the upstream's answer is over while part of it still waits
+    // in the proxy for the client, which is when a release must not happen.
+    const SIZES: [usize; 5] = [64 << 10, 160 << 10, 320 << 10, 640 << 10, 4 << 20];
+    let app =
+        Router::new()
+            .route(
+                "/big/{size}",
+                any(
+                    |axum::extract::Path(size): axum::extract::Path<usize>| async move {
+                        vec![b'x'; size]
+                    },
+                ),
+            )
+            .fallback(any(|req: Request| async move {
+                format!("{{\"uri\":\"{}\"}}", req.uri())
+            }));
+    let upstream = serve(app).await;
+    let dir = TempDir::new("release-slow");
+    let path = dir.write(
+        "proxy.toml",
+        &limited(upstream, "release_idle_buffers_after = \"100ms\""),
+    );
+    let proxy = Proxy::with_config(&path);
+    let addr: std::net::SocketAddr = addr_of(&proxy, "web").parse().unwrap();
+    let mut expected_releases = 0;
+    for size in SIZES {
+        // A small receive buffer, so that little of the body fits on the client's side.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        tcp.write_all(format!("GET /big/{size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        // Read the head, then stop reading for longer than a release and the second
+        // the proxy gives a closing connection (the slowness is the point).
+        let mut got = vec![0u8; 4096];
+        let mut n = 0;
+        let head_end = loop {
+            let more = tcp.read(&mut got[n..]).await.unwrap();
+            assert!(more > 0, "{size}: closed before the head");
+            n += more;
+            if let Some(end) = got[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut body = got[head_end..n].to_vec();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while body.len() < size {
+            let more = tokio::time::timeout(PATIENCE, tcp.read(&mut chunk))
+                .await
+                .expect("the body stalled")
+                .unwrap();
+            assert!(more > 0, "closed after {} of {size} bytes", body.len());
+            body.extend_from_slice(&chunk[..more]);
+        }
+        assert_eq!(body.len(), size);
+        assert!(body.iter().all(|&b| b == b'x'));
+        // The connection carries on, and is released once idle.
+        get_ok(&mut tcp, "/after").await;
+        expected_releases = releases(&proxy, "web").await + 1;
+        released(&proxy, "web", expected_releases).await;
+    }
+    assert!(expected_releases >= SIZES.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_connections_still_idle_out_and_close_on_shutdown() {
+    let upstream = echo("i").await;
+    let dir = TempDir::new("release-idle");
+    let path = dir.write(
+        "proxy.toml",
+        &limited(
+            upstream,
+            "release_idle_buffers_after = \"100ms\"\nidle_timeout = \"1s\"",
+        ),
+    );
+    let proxy = Proxy::with_config(&path);
+    let addr = addr_of(&proxy, "web");
+
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let start = Instant::now();
+    get_ok(&mut idle, "/").await;
+    released(&proxy, "web", 1).await;
+    closed_after(&mut idle).await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+
+    // Released and waiting when shutdown starts: closed at once, and the server exits
+    // without waiting out its shutdown timeout (30 s).
+    let mut waiting = TcpStream::connect(&addr).await.unwrap();
+    get_ok(&mut waiting, "/").await;
+    released(&proxy, "web", 2).await;
+    let start = Instant::now();
+    proxy.signal("TERM");
+    closed_after(&mut waiting).await;
+    let (_proxy, status) = proxy.wait_exit_async().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_connection_upgrades_to_a_websocket() {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(Message::Text(text))) = socket.recv().await {
+                        if socket.send(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            }),
+        )
+        .fallback(any(|req: Request| async move {
+            format!("{{\"uri\":\"{}\"}}", req.uri())
+        }));
+    let upstream = serve(app).await;
+    let dir = TempDir::new("release-ws");
+    let path = dir.write(
+        "proxy.toml",
+        &limited(upstream, "release_idle_buffers_after = \"100ms\""),
+    );
+    let proxy = Proxy::with_config(&path);
+    let mut tcp = TcpStream::connect(addr_of(&proxy, "web")).await.unwrap();
+    get_ok(&mut tcp, "/plain").await;
+    released(&proxy, "web", 1).await;
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://x/ws", tcp)
+        .await
+        .expect("the upgrade on a released connection");
+    assert_eq!(response.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .expect("no echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "hello");
+    // The tunnel is not an idle HTTP/1.1 connection: never released while it is open.
+    assert_eq!(releases(&proxy, "web").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_release_their_buffers_and_serve_on() {
+    let upstream = echo("tls-release").await;
+    let dir = TempDir::new("tls-release");
+    let (h1, _) = TlsClient::new(&dir, &[b"http/1.1"]);
+    let config = tls_config(upstream, "release_idle_buffers_after = \"100ms\"");
+    let path = dir.write("proxy.toml", &config);
+    let proxy = Proxy::with_config(&path);
+    let addr = proxy.listener_url("secure").replace("https://", "");
+    let mut tls = h1.connect(&addr).await;
+    get_ok(&mut tls, "/one").await;
+    released(&proxy, "secure", 1).await;
+    get_ok(&mut tls, "/two").await;
+    released(&proxy, "secure", 2).await;
 }

@@ -9,6 +9,7 @@
 //! | `proxy_open_connections` | listener | client connections open now |
 //! | `proxy_connections_total` | listener | client connections accepted |
 //! | `proxy_connections_refused_total` | listener | refused at `max_connections` |
+//! | `proxy_idle_buffer_releases_total` | listener | idle HTTP/1.1 connections that gave back their buffers (`server.release_idle_buffers_after`) |
 //! | `proxy_config_reloads_total` | result | reloads, `ok` or `error` |
 //! | `proxy_upstream_endpoint_healthy` | pool, endpoint | 1 unless active health checks say down |
 //! | `proxy_upstream_endpoint_ejected` | pool, endpoint | 1 while outlier detection ejects it |
@@ -80,6 +81,15 @@ pub(crate) struct ListenerLabels {
     pub(crate) listener: String,
 }
 
+/// One listener's connection metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerMetrics {
+    pub(crate) open: Gauge,
+    pub(crate) accepted: Counter,
+    pub(crate) refused: Counter,
+    pub(crate) idle_releases: Counter,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DirectionLabels {
     pub(crate) direction: &'static str,
@@ -133,9 +143,10 @@ pub(crate) struct Metrics {
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) duration: HistogramFamily<RouteLabels>,
     retries: Family<UpstreamLabels, Counter>,
-    pub(crate) open_connections: Family<ListenerLabels, Gauge>,
-    pub(crate) connections: Family<ListenerLabels, Counter>,
-    pub(crate) refused: Family<ListenerLabels, Counter>,
+    open_connections: Family<ListenerLabels, Gauge>,
+    connections: Family<ListenerLabels, Counter>,
+    refused: Family<ListenerLabels, Counter>,
+    idle_releases: Family<ListenerLabels, Counter>,
     pub(crate) reloads: Family<ResultLabels, Counter>,
     endpoint_healthy: Family<EndpointLabels, Gauge>,
     endpoint_ejected: Family<EndpointLabels, Gauge>,
@@ -161,6 +172,7 @@ impl Metrics {
         let open_connections = Family::<ListenerLabels, Gauge>::default();
         let connections = Family::<ListenerLabels, Counter>::default();
         let refused = Family::<ListenerLabels, Counter>::default();
+        let idle_releases = Family::<ListenerLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "proxy_requests",
@@ -191,6 +203,11 @@ impl Metrics {
             "proxy_connections_refused",
             "Client connections refused at server.max_connections",
             refused.clone(),
+        );
+        registry.register(
+            "proxy_idle_buffer_releases",
+            "Idle HTTP/1.1 client connections that gave back their buffers",
+            idle_releases.clone(),
         );
         registry.register(
             "proxy_config_reloads",
@@ -263,7 +280,21 @@ impl Metrics {
             open_connections,
             connections,
             refused,
+            idle_releases,
             reloads,
+        }
+    }
+
+    /// The per-listener handles, resolved once when the listener starts.
+    pub(crate) fn listener(&self, name: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: name.to_owned(),
+        };
+        ListenerMetrics {
+            open: self.open_connections.get_or_create(&labels).clone(),
+            accepted: self.connections.get_or_create(&labels).clone(),
+            refused: self.refused.get_or_create(&labels).clone(),
+            idle_releases: self.idle_releases.get_or_create(&labels).clone(),
         }
     }
 

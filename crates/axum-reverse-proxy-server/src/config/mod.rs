@@ -177,6 +177,7 @@ mod tests {
         assert_eq!(s["max_header_bytes"], 65536);
         assert_eq!(s["header_read_timeout"], "10s");
         assert_eq!(s["idle_timeout"], "1m");
+        assert_eq!(s["release_idle_buffers_after"], "1s");
         assert_eq!(s["max_connections"], 10000);
         assert_eq!(s["max_header_count"], 100);
         assert_eq!(s["max_uri_bytes"], 8192);

@@ -62,6 +62,10 @@ pub(crate) struct ServerConfig {
     pub(crate) header_read_timeout: Spanned<Interval>,
     /// How long a connection with no request in flight stays open.
     pub(crate) idle_timeout: Spanned<Interval>,
+    /// HTTP/1.1: a keep-alive connection idle this long gives back its read and write
+    /// buffers (about 20 KiB) until its next request arrives; 0 gives them back after
+    /// every response.
+    pub(crate) release_idle_buffers_after: Spanned<Interval>,
     /// Most client connections open at once over all listeners; more are refused.
     pub(crate) max_connections: Spanned<usize>,
     /// HTTP/2: most streams a client may have open at once on one connection
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             max_body_bytes: None,
             header_read_timeout: Spanned::new(0..0, Interval::secs(10)),
             idle_timeout: Spanned::new(0..0, Interval::secs(60)),
+            release_idle_buffers_after: Spanned::new(0..0, Interval::secs(1)),
             max_connections: Spanned::new(0..0, 10_000),
             http2_max_concurrent_streams: Spanned::new(0..0, 128),
             http2_max_reset_streams: Spanned::new(0..0, 100),

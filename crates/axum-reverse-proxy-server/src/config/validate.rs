@@ -51,6 +51,14 @@ fn server(cfg: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    if s.release_idle_buffers_after.get_ref().0 < std::time::Duration::from_millis(100) {
+        errors.push(loc.error(
+            &s.release_idle_buffers_after.span(),
+            "server.release_idle_buffers_after",
+            "must be at least 100ms (an idle connection checks this often)",
+            "use e.g. \"1s\"; set it to idle_timeout or more to never release buffers",
+        ));
+    }
     if s.max_header_bytes.get_ref().0 < 8192 {
         errors.push(loc.error(
             &s.max_header_bytes.span(),

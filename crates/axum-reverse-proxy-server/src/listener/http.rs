@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
@@ -22,9 +22,10 @@ use super::Settings;
 use super::limits::{
     HYPER_DEFAULT_MAX_HEADERS, LOCAL_ERROR_RESETS, Limits, PENDING_ACCEPT_RESETS, Watch, Watched,
 };
-use crate::admin::metrics::ListenerLabels;
+use crate::admin::metrics::ListenerMetrics;
 use crate::handler::{self, Activity, ConnInfo};
 use crate::server::Shared;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Serve one accepted connection. The drain token in `hold` is released when the
@@ -33,21 +34,14 @@ use prometheus_client::metrics::gauge::Gauge;
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: Arc<str>,
+    metrics: Arc<ListenerMetrics>,
     settings: Arc<Settings>,
     tcp: TcpStream,
     peer: SocketAddr,
     hold: (OwnedSemaphorePermit, mpsc::Sender<()>),
 ) {
-    let labels = ListenerLabels {
-        listener: listener.to_string(),
-    };
-    let gauge = shared
-        .metrics
-        .open_connections
-        .get_or_create(&labels)
-        .clone();
     let (permit, drain_token) = hold;
-    let slot = Arc::new(ConnSlot::new(permit, gauge));
+    let slot = Arc::new(ConnSlot::new(permit, metrics.open.clone()));
     let limits = Limits::of(&shared.active.load().loaded.config.server);
     let activity = Arc::new(Activity::new());
     // The first head deadline runs from here, through the TLS handshake.
@@ -67,21 +61,39 @@ pub(crate) async fn serve(
         Protocol::Http1
     };
     match &settings.tls {
-        None => run(shared, info(false), watch, no_alpn, limits, tcp).await,
+        None => run(shared, info(false), watch, no_alpn, limits, &metrics, tcp).await,
         Some(acceptor) => {
             let deadline = watch.accepted() + limits.header_read;
-            match tokio::time::timeout_at(deadline.into(), acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let protocol = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        Some(_) => Protocol::Http1,
-                        None => no_alpn,
-                    };
-                    run(shared, info(true), watch, protocol, limits, stream).await;
+            // The handshake and the TLS stream are boxed, and the stream is out of the
+            // match before the connection is served: inline, each would add its size
+            // (over 1 KiB) to every connection's task, plain ones too.
+            let accept = Box::pin(acceptor.accept(tcp));
+            let stream = match tokio::time::timeout_at(deadline.into(), accept).await {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {err}");
+                    return;
                 }
-                Ok(Err(err)) => tracing::debug!(%peer, "TLS handshake failed: {err}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                Some(_) => Protocol::Http1,
+                None => no_alpn,
+            };
+            run(
+                shared,
+                info(true),
+                watch,
+                protocol,
+                limits,
+                &metrics,
+                stream,
+            )
+            .await;
         }
     }
     drop(drain_token);
@@ -126,6 +138,7 @@ async fn run<I>(
     watch: Arc<Watch>,
     protocol: Protocol,
     limits: Limits,
+    metrics: &ListenerMetrics,
     io: I,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -172,30 +185,8 @@ async fn run<I>(
 
     let shutdown = shared.shutdown.clone();
     if !http2 {
-        let head_bytes = usize::try_from(limits.header_bytes).unwrap_or(usize::MAX);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            // Our head deadline replaces hyper's (see `limits`).
-            .header_read_timeout(None)
-            .max_header_size(head_bytes)
-            .max_buf_size(head_bytes.max(8192))
-            .keep_alive(true);
-        if limits.header_count != HYPER_DEFAULT_MAX_HEADERS {
-            builder.max_headers(limits.header_count);
-        }
-        // `with_upgrades` keeps the socket alive for a 101 (WebSocket…): the connection
-        // future then ends and the proxy's tunnel owns the socket.
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        drive(
-            conn,
-            |c| c.graceful_shutdown(),
-            shutdown,
-            &watch,
-            &limits,
-            peer,
-        )
-        .await;
+        let released = &metrics.idle_releases;
+        serve_http1(io, service, shutdown, &watch, &limits, peer, released).await;
         return;
     }
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -207,17 +198,151 @@ async fn run<I>(
         .max_local_error_reset_streams(LOCAL_ERROR_RESETS)
         // RFC 8441: WebSockets from HTTP/2 clients, as extended CONNECT streams.
         .enable_connect_protocol();
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
+    // Boxed, like HTTP/1.1's: the task's own future stays small.
+    let mut conn = Box::pin(builder.serve_connection(io, service));
     drive(
-        conn,
+        conn.as_mut(),
         |c| c.graceful_shutdown(),
         shutdown,
         &watch,
         &limits,
         peer,
+        None,
     )
     .await;
+}
+
+/// Serve HTTP/1.1 on a connection, giving back hyper's buffers between requests.
+///
+/// hyper keeps a read buffer (8–16 KiB), a write buffer (8 KiB), a box for the request
+/// being answered and a spare header map for as long as its connection lives, idle or
+/// not: about 20 KiB for every keep-alive client, where nginx keeps none. So once a
+/// connection has been idle for `release_idle_buffers_after` (and no response bytes are
+/// waiting for the client), hyper is asked to close it gracefully with the byte stream
+/// left open (see [`Watched`]), and everything it held is dropped. The socket then waits
+/// with no buffer for the client's next bytes, which are handed to a new hyper
+/// connection. The client sees one keep-alive connection throughout; `idle_timeout`,
+/// the head deadline and shutdown apply as before.
+async fn serve_http1<I>(
+    io: TokioIo<Prefixed<Watched<I>>>,
+    service: impl hyper::service::HttpService<
+        Incoming,
+        ResBody = axum::body::Body,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Unpin
+    + 'static,
+    mut shutdown: watch::Receiver<bool>,
+    watch: &Watch,
+    limits: &Limits,
+    peer: SocketAddr,
+    released: &Counter,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head_bytes = usize::try_from(limits.header_bytes).unwrap_or(usize::MAX);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        // Our head deadline replaces hyper's (see `limits`).
+        .header_read_timeout(None)
+        .max_header_size(head_bytes)
+        .max_buf_size(head_bytes.max(8192))
+        .keep_alive(true);
+    if limits.header_count != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(limits.header_count);
+    }
+    let mut io = io;
+    loop {
+        // `with_upgrades` keeps the socket alive for a 101 (WebSocket…): the connection
+        // future then ends and the proxy's tunnel owns the socket. Boxed: it is dropped
+        // while the connection idles.
+        let mut conn = Box::new(
+            builder
+                .serve_connection(io, service.clone())
+                .with_upgrades(),
+        );
+        let ended = drive(
+            Pin::new(&mut *conn),
+            |c| c.graceful_shutdown(),
+            shutdown.clone(),
+            watch,
+            limits,
+            peer,
+            Some(limits.release_buffers),
+        )
+        .await;
+        if ended != Ended::Released {
+            return;
+        }
+        watch.set_releasing(false);
+        // Out of its box, which is freed at the end of this block (not at the end of
+        // the loop's body); `None`: upgraded meanwhile, the tunnel owns the socket.
+        let conn = {
+            let boxed = conn;
+            *boxed
+        };
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
+        let mut stream = parts.io.into_inner();
+        // The read buffer (the unread bytes share its allocation) and the service go
+        // now, not when the wait below is over.
+        let unread = (!parts.read_buf.is_empty()).then(|| parts.read_buf.to_vec());
+        drop(parts.read_buf);
+        drop(parts.service);
+        released.inc();
+        tracing::trace!(%peer, "idle connection released its buffers");
+        if let Some(unread) = unread {
+            // Bytes of the next request hyper had read already.
+            stream.put_back(unread);
+        } else {
+            match idle_until_request(&mut stream, &mut shutdown, watch, limits).await {
+                Some(first) => stream.put_back(first),
+                None => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, stream.shutdown()).await;
+                    return;
+                }
+            }
+        }
+        io = TokioIo::new(stream);
+    }
+}
+
+/// Wait, holding no buffer, for the first bytes of a released connection's next
+/// request; `None` when the client leaves, the connection idles out, or on shutdown.
+async fn idle_until_request<I: AsyncRead + Unpin>(
+    io: &mut I,
+    shutdown: &mut watch::Receiver<bool>,
+    watch: &Watch,
+    limits: &Limits,
+) -> Option<Vec<u8>> {
+    let idle_until = watch
+        .activity()
+        .idle_deadline(limits.idle)
+        .unwrap_or_else(|| Instant::now() + limits.idle);
+    let read = std::future::poll_fn(|cx| {
+        // On the stack only while polled, never in the waiting future.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().to_vec())),
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    if *shutdown.borrow() {
+        return None;
+    }
+    tokio::select! {
+        read = read => match read {
+            Ok(first) if !first.is_empty() => Some(first),
+            _ => None,
+        },
+        _ = shutdown.wait_for(|stop| *stop) => None,
+        () = tokio::time::sleep_until(idle_until.into()) => None,
+    }
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -251,6 +376,15 @@ struct Prefixed<I> {
 impl<I> Prefixed<I> {
     fn new(prefix: Vec<u8>, io: I) -> Prefixed<I> {
         Prefixed { prefix, at: 0, io }
+    }
+
+    /// Put bytes read from the stream back in front of what is left to read.
+    fn put_back(&mut self, mut bytes: Vec<u8>) {
+        if let Some(rest) = self.prefix.get(self.at..) {
+            bytes.extend_from_slice(rest);
+        }
+        self.prefix = bytes;
+        self.at = 0;
     }
 }
 
@@ -311,10 +445,22 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 /// to do so before it is dropped: an HTTP/2 client answers GOAWAY's PING in that time.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How [`drive`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The connection is over.
+    Closed,
+    /// hyper closed an idle HTTP/1.1 connection when asked to release its buffers; the
+    /// byte stream is still open.
+    Released,
+}
+
 /// Run a connection until it ends. Ask it to finish gracefully on shutdown, when it has
 /// been idle for `idle_timeout`, or when it resets streams rapidly; drop it when a request
 /// head is late, or when it has not closed `CLOSE_GRACE` after being asked to (once no
-/// request is in flight, unless it was for rapid resets).
+/// request is in flight, unless it was for rapid resets). With `release`, ask an HTTP/1.1
+/// connection idle that long to finish so that its buffers can be released (see
+/// [`serve_http1`]).
 async fn drive<F, E>(
     mut conn: Pin<&mut F>,
     graceful: impl Fn(Pin<&mut F>),
@@ -322,7 +468,9 @@ async fn drive<F, E>(
     watch: &Watch,
     limits: &Limits,
     peer: SocketAddr,
-) where
+    release: Option<Duration>,
+) -> Ended
+where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -332,23 +480,37 @@ async fn drive<F, E>(
     }
     let mut close_by: Option<Instant> = None;
     let mut abusive = false;
+    let mut releasing = false;
     loop {
         let now = Instant::now();
         let head = watch.head_deadline(limits.header_read);
         if head.is_some_and(|at| at <= now) {
             tracing::debug!(%peer, "no complete request head within header_read_timeout");
-            return;
+            return Ended::Closed;
         }
         if close_by.is_some_and(|at| at <= now) && (abusive || !watch.busy()) {
             tracing::debug!(%peer, "the connection did not close when asked to");
-            return;
+            return Ended::Closed;
+        }
+        let mut release_at = None;
+        if let Some(after) = release.filter(|_| !closing) {
+            match watch.releasable(after, now) {
+                Ok(()) => {
+                    closing = true;
+                    releasing = true;
+                    watch.set_releasing(true);
+                    graceful(conn.as_mut());
+                    close_by = Some(now + CLOSE_GRACE);
+                }
+                Err(at) => release_at = Some(at),
+            }
         }
         // While busy, look again after the idle period.
         let mut wake = watch
             .activity()
             .idle_deadline(limits.idle)
             .unwrap_or(now + limits.idle);
-        for at in [head, close_by.filter(|at| *at > now)]
+        for at in [head, close_by.filter(|at| *at > now), release_at]
             .into_iter()
             .flatten()
         {
@@ -356,10 +518,14 @@ async fn drive<F, E>(
         }
         tokio::select! {
             result = conn.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, "connection ended with an error: {err}");
-                }
-                break;
+                return match result {
+                    Ok(()) if releasing => Ended::Released,
+                    Ok(()) => Ended::Closed,
+                    Err(err) => {
+                        tracing::debug!(%peer, "connection ended with an error: {err}");
+                        Ended::Closed
+                    }
+                };
             }
             changed = shutdown.changed(), if !closing => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -390,5 +556,26 @@ async fn drive<F, E>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_put_back_are_read_first_then_the_rest() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut stream = Prefixed::new(b"GET / HT".to_vec(), server);
+        let mut two = [0u8; 2];
+        stream.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"GE");
+        // Read from the stream again while "T / HT" was still waiting in front.
+        stream.put_back(b"[again]".to_vec());
+        client.write_all(b"TP/1.1\r\n").await.unwrap();
+        drop(client);
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"[again]T / HTTP/1.1\r\n");
     }
 }

@@ -64,6 +64,7 @@ pub(crate) const LOCAL_ERROR_RESETS: usize = 1024;
 pub(crate) struct Limits {
     pub(crate) header_read: Duration,
     pub(crate) idle: Duration,
+    pub(crate) release_buffers: Duration,
     pub(crate) header_bytes: u64,
     pub(crate) header_count: usize,
     pub(crate) uri_bytes: u64,
@@ -76,6 +77,7 @@ impl Limits {
         Limits {
             header_read: s.header_read_timeout.get_ref().0,
             idle: s.idle_timeout.get_ref().0,
+            release_buffers: s.release_idle_buffers_after.get_ref().0,
             header_bytes: s.max_header_bytes.get_ref().0,
             header_count: *s.max_header_count.get_ref(),
             uri_bytes: s.max_uri_bytes.get_ref().0,
@@ -143,6 +145,12 @@ pub(crate) struct Watch {
     /// Rapid reset detected: set once, then `trip` is notified.
     tripped: AtomicBool,
     trip: Notify,
+    /// The last write or flush could not finish (the client is not reading): bytes of a
+    /// response may still be waiting to go out.
+    write_blocked: AtomicBool,
+    /// The HTTP/1.1 connection is being closed only to release its buffers: shutting
+    /// down the byte stream must then leave it open (see `Watched::poll_shutdown`).
+    releasing: AtomicBool,
 }
 
 impl Watch {
@@ -159,6 +167,8 @@ impl Watch {
             max_resets,
             tripped: AtomicBool::new(false),
             trip: Notify::new(),
+            write_blocked: AtomicBool::new(false),
+            releasing: AtomicBool::new(false),
         }
     }
 
@@ -175,6 +185,36 @@ impl Watch {
     pub(crate) fn busy(&self) -> bool {
         self.answering.load(Ordering::Relaxed) > 0
             || self.activity.idle_deadline(Duration::ZERO).is_none()
+    }
+
+    /// Whether the connection may give back its HTTP/1.1 buffers at `now`: no request
+    /// in flight, no head being read, no response bytes waiting for the client, and idle
+    /// for `after`. If not, when to look again.
+    pub(crate) fn releasable(&self, after: Duration, now: Instant) -> Result<(), Instant> {
+        let retry = now + after.max(Duration::from_millis(1));
+        if self.head_since.load(Ordering::Relaxed) != NO_HEAD
+            || self.write_blocked.load(Ordering::Relaxed)
+            || self.answering.load(Ordering::Relaxed) > 0
+        {
+            return Err(retry);
+        }
+        match self.activity.idle_deadline(after) {
+            Some(at) if at <= now => Ok(()),
+            Some(at) => Err(at),
+            None => Err(retry),
+        }
+    }
+
+    /// A write or flush was polled: remember whether it could not finish.
+    fn wrote<T>(&self, polled: Poll<T>) -> Poll<T> {
+        self.write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
+    /// Mark the connection as closing only to release its buffers (or no longer).
+    pub(crate) fn set_releasing(&self, releasing: bool) {
+        self.releasing.store(releasing, Ordering::Relaxed);
     }
 
     /// When the request head being read must be complete; `None` when none is.
@@ -301,7 +341,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -309,7 +351,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -317,11 +361,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch.wrote(polled)
     }
 
+    /// Shut the stream down, except when the HTTP/1.1 connection closes only to give
+    /// back its buffers: the client must not see the connection end then.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.watch.releasing.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -351,6 +403,40 @@ mod tests {
         // Later bytes of the same head do not move it.
         w.bytes_arrived();
         assert_eq!(w.head_deadline(timeout), Some(deadline));
+    }
+
+    #[test]
+    fn buffers_are_released_only_when_nothing_is_pending() {
+        let activity = Arc::new(Activity::new());
+        let w = Arc::new(Watch::new(activity.clone(), 10));
+        let after = Duration::from_millis(100);
+        let later = |w: &Watch| Instant::now() + Duration::from_secs(5) + w.start.elapsed();
+        // The first head is being read (its deadline runs from accept).
+        assert!(w.releasable(after, later(&w)).is_err());
+        let guard = w.request(Version::HTTP_11);
+        assert!(w.releasable(after, later(&w)).is_err(), "answering");
+        let in_flight = crate::handler::InFlight::new(activity.clone());
+        guard.answered();
+        assert!(
+            w.releasable(after, later(&w)).is_err(),
+            "response body going out"
+        );
+        drop(in_flight);
+        // Idle, but not for `after` yet: the answer is when to look again.
+        let now = Instant::now();
+        match w.releasable(after, now) {
+            Err(at) => assert!(at > now && at <= now + after, "{at:?}"),
+            Ok(()) => panic!("released before the delay"),
+        }
+        assert_eq!(w.releasable(after, later(&w)), Ok(()));
+        // Response bytes the client has not taken yet.
+        let _ = w.wrote(Poll::<()>::Pending);
+        assert!(w.releasable(after, later(&w)).is_err(), "write blocked");
+        let _ = w.wrote(Poll::Ready(()));
+        assert_eq!(w.releasable(after, later(&w)), Ok(()));
+        // The first byte of the next head.
+        w.bytes_arrived();
+        assert!(w.releasable(after, later(&w)).is_err(), "head started");
     }
 
     #[test]
@@ -392,6 +478,7 @@ mod tests {
         let limits = Limits {
             header_read: Duration::from_secs(1),
             idle: Duration::from_secs(1),
+            release_buffers: Duration::from_secs(1),
             header_bytes: 8192,
             header_count: 2,
             uri_bytes: 10,

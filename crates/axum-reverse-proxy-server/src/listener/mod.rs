@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::metrics::ListenerLabels;
 use crate::config::ListenerConfig;
 use crate::server::Shared;
 
@@ -85,9 +84,7 @@ impl Bound {
         let settings = self.settings.clone();
         let name: Arc<str> = Arc::from(self.name.as_str());
         let socket = self.socket;
-        let labels = ListenerLabels {
-            listener: self.name.clone(),
-        };
+        let metrics = Arc::new(shared.metrics.listener(&self.name));
         let task = tokio::spawn(async move {
             let mut shutdown = shared.shutdown.clone();
             loop {
@@ -106,15 +103,16 @@ impl Bound {
                     }
                 };
                 let Ok(permit) = shared.conn_limit.clone().try_acquire_owned() else {
-                    shared.metrics.refused.get_or_create(&labels).inc();
+                    metrics.refused.inc();
                     drop(tcp);
                     continue;
                 };
-                shared.metrics.connections.get_or_create(&labels).inc();
+                metrics.accepted.inc();
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(http::serve(
                     shared.clone(),
                     name.clone(),
+                    metrics.clone(),
                     settings.load_full(),
                     tcp,
                     peer,

@@ -327,6 +327,18 @@ pub async fn driven_stream(
     (serve(app).await, tx)
 }
 
+/// The admin API's `/metrics` text.
+pub async fn metrics(proxy: &Proxy) -> String {
+    client()
+        .get(format!("{}/metrics", proxy.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Which upstream answered `url`: the `upstream` field of an [`echo`] upstream's JSON.
 pub async fn upstream_of(url: &str) -> String {
     let resp = client().get(url).send().await.unwrap();

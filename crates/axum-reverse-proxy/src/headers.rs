@@ -17,9 +17,9 @@
 //! silently drop every trailer on an HTTP/1 hop. (A `Trailer` named in `Connection` is
 //! still removed, as any connection option is.)
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -173,9 +173,39 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
         }
     }
     value.push_str(item);
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    insert_text(headers, name, value);
+}
+
+/// Insert `text` as the value of `name` without copying it (invalid text is dropped).
+fn insert_text(headers: &mut HeaderMap, name: HeaderName, text: String) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(text)) {
         headers.insert(name, value);
     }
+}
+
+/// A dotted-quad IPv4 address written into `buf`: what `Display` writes, without the
+/// formatting machinery (four integer formats per address, twice per request).
+fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        let mut put = |byte: u8| {
+            if let Some(slot) = buf.get_mut(len) {
+                *slot = byte;
+                len += 1;
+            }
+        };
+        if i > 0 {
+            put(b'.');
+        }
+        if octet >= 100 {
+            put(b'0' + octet / 100);
+        }
+        if octet >= 10 {
+            put(b'0' + octet / 10 % 10);
+        }
+        put(b'0' + octet % 10);
+    }
+    std::str::from_utf8(buf.get(..len).unwrap_or_default()).unwrap_or_default()
 }
 
 /// What the proxy knows about the client connection, for forwarding headers.
@@ -207,12 +237,19 @@ pub(crate) fn apply_forwarding(
         headers.remove(FORWARDED);
     }
     let Some(peer) = info.peer else { return };
+    let mut v4_buf = [0u8; 15];
+    let v6_text;
+    let ip = match peer {
+        IpAddr::V4(v4) => ipv4_text(v4, &mut v4_buf),
+        IpAddr::V6(v6) => {
+            v6_text = v6.to_string();
+            v6_text.as_str()
+        }
+    };
     if x_forwarded {
-        let mut ip = String::with_capacity(40);
-        let _ = write!(ip, "{peer}");
         if headers.contains_key(X_FORWARDED_FOR) {
-            append_list(headers, X_FORWARDED_FOR, &ip);
-        } else if let Ok(value) = HeaderValue::from_str(&ip) {
+            append_list(headers, X_FORWARDED_FOR, ip);
+        } else if let Ok(value) = HeaderValue::from_str(ip) {
             headers.insert(X_FORWARDED_FOR, value);
         }
         if let Some(host) = info.host
@@ -220,35 +257,52 @@ pub(crate) fn apply_forwarding(
         {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        if !headers.contains_key(X_FORWARDED_PROTO)
-            && let Ok(proto) = HeaderValue::from_str(info.proto)
-        {
-            headers.insert(X_FORWARDED_PROTO, proto);
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            let proto = match info.proto {
+                "http" => Ok(HeaderValue::from_static("http")),
+                "https" => Ok(HeaderValue::from_static("https")),
+                other => HeaderValue::from_str(other),
+            };
+            if let Ok(proto) = proto {
+                headers.insert(X_FORWARDED_PROTO, proto);
+            }
         }
     }
     if forwarded {
-        let mut element = String::with_capacity(64);
+        let host = info.host.and_then(|h| h.to_str().ok());
+        let mut element = String::with_capacity(32 + host.map_or(0, str::len));
         match peer {
-            IpAddr::V4(v4) => {
-                let _ = write!(element, "for={v4}");
+            IpAddr::V4(_) => {
+                element.push_str("for=");
+                element.push_str(ip);
             }
-            IpAddr::V6(v6) => {
-                let _ = write!(element, "for=\"[{v6}]\"");
+            IpAddr::V6(_) => {
+                element.push_str("for=\"[");
+                element.push_str(ip);
+                element.push_str("]\"");
             }
         }
-        if let Some(host) = info.host.and_then(|h| h.to_str().ok()) {
+        if let Some(host) = host {
             element.push_str(";host=\"");
-            for c in host.chars() {
-                if c == '"' || c == '\\' {
-                    element.push('\\');
+            if host.contains(['"', '\\']) {
+                for c in host.chars() {
+                    if c == '"' || c == '\\' {
+                        element.push('\\');
+                    }
+                    element.push(c);
                 }
-                element.push(c);
+            } else {
+                element.push_str(host);
             }
             element.push('"');
         }
         element.push_str(";proto=");
         element.push_str(info.proto);
-        append_list(headers, FORWARDED, &element);
+        if headers.contains_key(FORWARDED) {
+            append_list(headers, FORWARDED, &element);
+        } else {
+            insert_text(headers, FORWARDED, element);
+        }
     }
 }
 

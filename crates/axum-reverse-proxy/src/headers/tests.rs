@@ -160,7 +160,28 @@ const HOP: &[&str] = &[
     "proxy-authenticate",
 ];
 
+#[test]
+fn ipv4_text_edges() {
+    for text in [
+        "0.0.0.0",
+        "10.0.0.1",
+        "100.20.3.255",
+        "255.255.255.255",
+        "9.99.199.200",
+    ] {
+        let mut buf = [0u8; 15];
+        assert_eq!(ipv4_text(text.parse().unwrap(), &mut buf), text);
+    }
+}
+
 proptest! {
+    #[test]
+    fn ipv4_text_is_what_display_writes(bits in any::<u32>()) {
+        let ip = std::net::Ipv4Addr::from(bits);
+        let mut buf = [0u8; 15];
+        prop_assert_eq!(ipv4_text(ip, &mut buf), ip.to_string());
+    }
+
     #[test]
     fn nothing_hop_by_hop_survives(
         names in proptest::collection::vec("[a-z][a-z-]{0,8}", 0..6),

@@ -254,7 +254,9 @@ where
             }
             route.request_headers.apply(&mut parts.headers);
             parts.extensions.insert(ConnectInfo(conn.peer));
-            parts.extensions.insert(Attempts::default());
+            if route.retries {
+                parts.extensions.insert(Attempts::default());
+            }
             if may_upgrade(&parts) {
                 // An upgraded connection leaves hyper, which lets go of the connection's
                 // slot: the tunnel holds it instead until it closes.

@@ -38,6 +38,8 @@ pub(crate) struct Route {
     /// This route's request metrics, resolved at its first request.
     pub(crate) metrics: OnceLock<RouteMetrics>,
     pub(crate) service: UpstreamService,
+    /// The pool retries: its requests carry an attempt counter (for the retry metric).
+    pub(crate) retries: bool,
     pub(crate) request_headers: HeaderOps,
     pub(crate) response_headers: HeaderOps,
 }
@@ -116,6 +118,7 @@ impl Snapshot {
                 pool: Arc::from(rc.pool.get_ref().as_str()),
                 metrics: OnceLock::new(),
                 service: pool.service.clone(),
+                retries: pool.config.retry.is_some(),
                 request_headers: HeaderOps::compile(&rc.request_headers),
                 response_headers: HeaderOps::compile(&rc.response_headers),
             });

@@ -8,6 +8,7 @@
 //!
 //! The table is immutable: a reload builds a new one and swaps it in.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::config::normalize_prefix;
@@ -72,7 +73,9 @@ impl<T> RouteTable<T> {
     /// The route for `host` (as sent: port and case are ignored) and `path`, with the
     /// prefix it matched.
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<(&str, &T)> {
-        let host = host.map(normalize_host);
+        // Most tables route by path alone: then the host is not even looked at.
+        let by_host = !(self.exact.is_empty() && self.wildcard.is_empty());
+        let host = host.filter(|_| by_host).map(normalize_host);
         if let Some(host) = host.as_deref() {
             if let Some(found) = self.exact.get(host).and_then(|r| longest(r, path)) {
                 return Some(found);
@@ -119,8 +122,8 @@ pub(crate) fn strip(prefix: &str, path: &str) -> String {
     }
 }
 
-/// Lower-case, without port and trailing dot.
-fn normalize_host(host: &str) -> String {
+/// Lower-case, without port and trailing dot (copied only when case must change).
+fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if host.starts_with('[') {
         // IPv6 literal: keep up to and including the bracket.
@@ -134,7 +137,12 @@ fn normalize_host(host: &str) -> String {
             }
         })
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]

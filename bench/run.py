@@ -12,7 +12,9 @@ Figures:
   p50/p99/p99.9 at a fixed rate of 50 % of nginx's small-GET maximum (h2load --rps, open loop);
   RSS idle and per extra idle keep-alive client connection (measured after IDLE_SETTLE s idle);
   upstream TCP connections opened per 1,000 requests (connection reuse);
-  instructions per request under callgrind (noise-free), by differencing two request counts.
+  instructions per request under callgrind (noise-free), by differencing two request counts;
+  heap allocations per request under valgrind's dhat, the same way (our server from a build
+  with the system allocator, `axum-reverse-proxy-sysalloc`: dhat does not see mimalloc's).
 """
 
 import argparse
@@ -354,6 +356,36 @@ def idle_memory(target, count):
     return idle, per_conn
 
 
+def per_request_under(tool, target, tmp, small, large, argv=None):
+    """Run the target under valgrind `tool`, serve `small` then `large` small GETs, and
+    difference the totals `tool` reports (start-up and shutdown cancel out)."""
+    totals = []
+    saved = target.argv
+    if argv:
+        target.argv = argv
+    try:
+        for n in (small, large):
+            log = os.path.join(tmp, f"{tool}.{target.name}.{n}")
+            # Every process (nginx's and haproxy's workers are children): one log each.
+            target.start(wrapper=("valgrind", f"--tool={tool}", "--dhat-out-file=/dev/null",
+                                  "--trace-children=yes", f"--log-file={log}.%p"))
+            subprocess.run(
+                ["h2load", "--h1", "-c8", f"-n{n}", f"http://127.0.0.1:{target.port}/small"],
+                capture_output=True,
+            )
+            target.stop()
+            total = 0
+            for name in os.listdir(tmp):
+                if name.startswith(os.path.basename(log) + "."):
+                    text = open(os.path.join(tmp, name), errors="replace").read()
+                    found = re.search(r"Total:\s+[\d,]+ bytes in ([\d,]+) blocks", text)
+                    total += int(found.group(1).replace(",", "")) if found else 0
+            totals.append(total)
+    finally:
+        target.argv = saved
+    return (totals[1] - totals[0]) / (large - small) if totals[1] > totals[0] else None
+
+
 def callgrind_per_request(target, tmp, small, large):
     """Instructions per request: run the target under callgrind, serve `small` then `large` more
     requests, and difference the totals (start-up and shutdown cancel out)."""
@@ -490,6 +522,20 @@ def main():
             except Exception as err:  # a target that will not run under valgrind: report, go on
                 print(f"callgrind {t.name}: {err}", file=sys.stderr)
                 t.stop()
+    allocations = {}
+    if not args.quick and shutil.which("valgrind"):
+        sysalloc = os.path.join(RELEASE, "axum-reverse-proxy-sysalloc")
+        for t in proxies:
+            argv = None
+            if t.argv and t.argv[0].endswith("/axum-reverse-proxy"):
+                if not os.path.exists(sysalloc):
+                    continue
+                argv = [sysalloc, *t.argv[1:]]
+            try:
+                allocations[t.name] = per_request_under("dhat", t, tmp, 1000, 3000, argv)
+            except Exception as err:
+                print(f"dhat {t.name}: {err}", file=sys.stderr)
+                t.stop()
     for u in upstreams:
         u.stop()
 
@@ -541,6 +587,13 @@ def main():
         lines.append("|---|---:|---:|")
         for name, ipr in instructions.items():
             lines.append(f"| {name} | {fmt(ipr)} | {ratio(ipr, instructions.get('nginx'))} |")
+    if allocations:
+        lines.append("\n### Heap allocations per small GET (valgrind dhat, HTTP/1.1 keep-alive, difference of 3,000 and 1,000 requests)\n")
+        lines.append("nginx and haproxy allocate from their own pools, so few of their allocations reach malloc.\n")
+        lines.append("| target | allocations/req |")
+        lines.append("|---|---:|")
+        for name, apr in allocations.items():
+            lines.append(f"| {name} | {fmt(apr)} |")
     for log in ("nginx-error.log",):
         path = os.path.join(tmp, log)
         if os.path.exists(path) and os.path.getsize(path):

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
@@ -322,16 +322,7 @@ async fn idle_until_request<I: AsyncRead + Unpin>(
         .activity()
         .idle_deadline(limits.idle)
         .unwrap_or_else(|| Instant::now() + limits.idle);
-    let read = std::future::poll_fn(|cx| {
-        // On the stack only while polled, never in the waiting future.
-        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
-        let mut buf = ReadBuf::uninit(&mut chunk);
-        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().to_vec())),
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => Poll::Pending,
-        }
-    });
+    let read = next_bytes(io, 2048);
     if *shutdown.borrow() {
         return None;
     }
@@ -349,21 +340,42 @@ async fn idle_until_request<I: AsyncRead + Unpin>(
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Read until the first bytes are, or cannot be, the HTTP/2 preface; returns whether
-/// they are, and what was read (to be read again by the protocol).
+/// they are, and what was read (to be read again by the protocol). Reads take what the
+/// client has sent, up to 4 KiB, not just the preface's 24 bytes: usually the whole first
+/// request, which then costs one read, not two.
 async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<(bool, Vec<u8>)> {
-    let mut read = Vec::with_capacity(PREFACE.len());
-    let mut chunk = [0u8; PREFACE.len()];
-    while read.len() < PREFACE.len() {
-        let n = io.read(&mut chunk[..PREFACE.len() - read.len()]).await?;
-        if n == 0 {
-            break;
-        }
-        read.extend_from_slice(&chunk[..n]);
-        if !PREFACE.starts_with(&read) {
+    let mut read = Vec::new();
+    loop {
+        let first = next_bytes(io, 4096).await?;
+        if first.is_empty() {
             return Ok((false, read));
         }
+        read.extend_from_slice(&first);
+        let seen = read.len().min(PREFACE.len());
+        if read.get(..seen) != PREFACE.get(..seen) {
+            return Ok((false, read));
+        }
+        if seen == PREFACE.len() {
+            return Ok((true, read));
+        }
     }
-    Ok((read.len() == PREFACE.len(), read))
+}
+
+/// The next bytes from `io` (up to `max`, at most 4 KiB; empty at the end of the
+/// stream), read through a buffer that exists only while the read is polled: a
+/// connection waiting here holds no buffer.
+async fn next_bytes<I: AsyncRead + Unpin>(io: &mut I, max: usize) -> std::io::Result<Vec<u8>> {
+    std::future::poll_fn(|cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let limit = max.min(chunk.len());
+        let mut buf = ReadBuf::uninit(chunk.get_mut(..limit).unwrap_or_default());
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().to_vec())),
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A byte stream with some bytes already read from it put back in front.
@@ -562,6 +574,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn bytes_put_back_are_read_first_then_the_rest() {
@@ -577,5 +590,33 @@ mod tests {
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"[again]T / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn sniffing_tells_http2_from_http1_and_keeps_every_byte() {
+        for (sent, http2) in [
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04"[..], true),
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], false),
+            (&b"PRI * HTTP/1.1\r\n"[..], false),
+            (&b"PR"[..], false),
+        ] {
+            // One byte at a time, and all at once.
+            for step in [1, sent.len()] {
+                let (mut client, mut server) = tokio::io::duplex(64);
+                let writer = async {
+                    for piece in sent.chunks(step) {
+                        client.write_all(piece).await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    drop(client);
+                };
+                let ((found, read), ()) =
+                    tokio::join!(async { sniff(&mut server).await.unwrap() }, writer);
+                assert_eq!(found, http2, "{sent:?} by {step}");
+                let mut rest = Vec::new();
+                server.read_to_end(&mut rest).await.unwrap();
+                assert_eq!([read, rest].concat(), sent, "{sent:?} by {step}");
+            }
+        }
     }
 }

@@ -357,18 +357,22 @@ def idle_memory(target, count):
 
 
 def per_request_under(tool, target, tmp, small, large, argv=None):
-    """Run the target under valgrind `tool`, serve `small` then `large` small GETs, and
-    difference the totals `tool` reports (start-up and shutdown cancel out)."""
+    """Run the target (with `argv` instead of its own, if given) under valgrind `tool`
+    (`callgrind`: instructions; `dhat`: heap allocations), serve `small` then `large` small
+    GETs, and difference the totals (start-up and shutdown cancel out). Every process
+    (nginx's and haproxy's workers are children) writes its own file; they are summed."""
     totals = []
     saved = target.argv
     if argv:
         target.argv = argv
     try:
         for n in (small, large):
-            log = os.path.join(tmp, f"{tool}.{target.name}.{n}")
-            # Every process (nginx's and haproxy's workers are children): one log each.
-            target.start(wrapper=("valgrind", f"--tool={tool}", "--dhat-out-file=/dev/null",
-                                  "--trace-children=yes", f"--log-file={log}.%p"))
+            out = os.path.join(tmp, f"{tool}.{target.name}.{n}")
+            if tool == "callgrind":
+                files = (f"--callgrind-out-file={out}.%p",)
+            else:
+                files = ("--dhat-out-file=/dev/null", f"--log-file={out}.%p")
+            target.start(wrapper=("valgrind", f"--tool={tool}", "--trace-children=yes", *files))
             subprocess.run(
                 ["h2load", "--h1", "-c8", f"-n{n}", f"http://127.0.0.1:{target.port}/small"],
                 capture_output=True,
@@ -376,39 +380,22 @@ def per_request_under(tool, target, tmp, small, large, argv=None):
             target.stop()
             total = 0
             for name in os.listdir(tmp):
-                if name.startswith(os.path.basename(log) + "."):
+                if name.startswith(os.path.basename(out) + "."):
                     text = open(os.path.join(tmp, name), errors="replace").read()
-                    found = re.search(r"Total:\s+[\d,]+ bytes in ([\d,]+) blocks", text)
-                    total += int(found.group(1).replace(",", "")) if found else 0
+                    total += valgrind_total(tool, text)
             totals.append(total)
     finally:
         target.argv = saved
     return (totals[1] - totals[0]) / (large - small) if totals[1] > totals[0] else None
 
 
-def callgrind_per_request(target, tmp, small, large):
-    """Instructions per request: run the target under callgrind, serve `small` then `large` more
-    requests, and difference the totals (start-up and shutdown cancel out)."""
-    totals = []
-    for n in (small, large):
-        out = os.path.join(tmp, f"callgrind.{target.name}.{n}")
-        target.start(wrapper=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                              "--trace-children=yes"))
-        subprocess.run(
-            ["h2load", "--h1", "-c8", f"-n{n}", f"http://127.0.0.1:{target.port}/small"],
-            capture_output=True,
-        )
-        target.stop()
-        total = 0
-        for name in os.listdir(tmp):
-            if name.startswith(os.path.basename(out) + "."):
-                with open(os.path.join(tmp, name), errors="replace") as f:
-                    for line in f:
-                        if line.startswith("summary:") or line.startswith("totals:"):
-                            total += int(line.split()[1])
-                            break
-        totals.append(total)
-    return (totals[1] - totals[0]) / (large - small) if totals[1] > totals[0] else None
+def valgrind_total(tool, text):
+    """The instructions (callgrind's output file) or heap blocks (dhat's log) in `text`."""
+    if tool == "callgrind":
+        found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+        return int(found.group(1)) if found else 0
+    found = re.search(r"Total:\s+[\d,]+ bytes in ([\d,]+) blocks", text)
+    return int(found.group(1).replace(",", "")) if found else 0
 
 
 # ===== report =====
@@ -518,7 +505,7 @@ def main():
     if not args.quick and shutil.which("valgrind"):
         for t in proxies:
             try:
-                ipr = callgrind_per_request(t, tmp, 1000, 3000)
+                ipr = per_request_under("callgrind", t, tmp, 1000, 3000)
                 # nginx's worker, a forked child, leaves no callgrind dump here: what is
                 # left is its master's few instructions, which is no figure.
                 instructions[t.name] = ipr if ipr is not None and ipr >= 100 else None

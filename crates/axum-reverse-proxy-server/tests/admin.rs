@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Proxy, TempDir, client, echo};
+use common::{Proxy, TempDir, client, echo, get_text};
 
 /// Every line of a Prometheus/OpenMetrics text exposition is a comment or
 /// `name{labels} value`; returns the samples.
@@ -79,17 +79,6 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
         .iter()
         .find(|(s, _)| s == series)
         .map_or(0.0, |(_, v)| *v)
-}
-
-async fn get_text(url: String) -> String {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

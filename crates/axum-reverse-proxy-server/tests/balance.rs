@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::{PATIENCE, Proxy, TempDir, client};
+use common::{PATIENCE, Proxy, TempDir, client, get_text};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -126,17 +126,6 @@ async fn get_json(url: String) -> Value {
         .await
         .unwrap()
         .json()
-        .await
-        .unwrap()
-}
-
-async fn get_text(url: String) -> String {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
         .await
         .unwrap()
 }

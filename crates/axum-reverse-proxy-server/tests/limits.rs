@@ -173,14 +173,7 @@ async fn connections_over_the_limit_are_refused() {
     let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     closed_after(&mut second).await;
 
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&proxy).await;
     assert!(
         metrics.contains("proxy_connections_refused_total{listener=\"web\"} 1"),
         "{metrics}"

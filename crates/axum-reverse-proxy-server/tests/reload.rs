@@ -91,14 +91,7 @@ async fn reload_swaps_routes_and_keeps_streams() {
     drop(chunks);
     assert!(streaming.chunk().await.unwrap().is_none());
 
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&proxy).await;
     assert!(
         metrics.contains("proxy_config_reloads_total{result=\"error\"}"),
         "{metrics}"

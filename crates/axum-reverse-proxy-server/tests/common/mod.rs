@@ -327,16 +327,21 @@ pub async fn driven_stream(
     (serve(app).await, tx)
 }
 
-/// The admin API's `/metrics` text.
-pub async fn metrics(proxy: &Proxy) -> String {
+/// The body of a GET of `url`, as text.
+pub async fn get_text(url: String) -> String {
     client()
-        .get(format!("{}/metrics", proxy.admin_url()))
+        .get(url)
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap()
+}
+
+/// The admin API's `/metrics` text.
+pub async fn metrics(proxy: &Proxy) -> String {
+    get_text(format!("{}/metrics", proxy.admin_url())).await
 }
 
 /// Which upstream answered `url`: the `upstream` field of an [`echo`] upstream's JSON.

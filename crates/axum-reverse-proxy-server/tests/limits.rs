@@ -38,12 +38,24 @@ fn addr_of(proxy: &Proxy, listener: &str) -> String {
 
 /// Read one response with a Content-Length body; returns the head and body as text.
 async fn read_response<S: AsyncRead + Unpin>(tcp: &mut S) -> String {
+    read_responses(tcp, 1).await.remove(0)
+}
+
+/// Read `count` responses with Content-Length bodies (pipelined ones may arrive in one
+/// read); returns each, head and body, as text.
+async fn read_responses<S: AsyncRead + Unpin>(tcp: &mut S, count: usize) -> Vec<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
+        let mut found = Vec::new();
+        let mut at = 0;
+        while found.len() < count {
+            let rest = &buf[at..];
+            let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+                break;
+            };
+            let head = String::from_utf8_lossy(&rest[..end]);
+            let length = head
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
@@ -51,12 +63,21 @@ async fn read_response<S: AsyncRead + Unpin>(tcp: &mut S) -> String {
                         .then(|| v.trim().parse::<usize>().ok())?
                 })
                 .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                return text;
-            }
+            let Some(whole) = rest.get(..end + 4 + length) else {
+                break;
+            };
+            found.push(String::from_utf8_lossy(whole).into_owned());
+            at += whole.len();
+        }
+        if found.len() == count {
+            return found;
         }
         let n = tcp.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed mid-response: {text}");
+        assert!(
+            n > 0,
+            "connection closed mid-response: {}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -127,6 +148,14 @@ async fn slow_heads_and_idle_connections_are_closed() {
     );
     let proxy = Proxy::with_config(&path);
     let addr = proxy.listener_url("web").replace("http://", "");
+
+    // Nothing at all: closed after the header-read timeout too.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let took = closed_after(&mut silent).await;
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed too early: {took:?}"
+    );
 
     // Half a request head, then nothing: closed after the header-read timeout.
     let mut slow = TcpStream::connect(&addr).await.unwrap();
@@ -827,10 +856,9 @@ async fn idle_connections_release_their_buffers_and_serve_on() {
         tcp.write_all(b"GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p2 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let first = read_response(&mut tcp).await;
-        assert!(first.contains("\"uri\":\"/p1\""), "{first}");
-        let second = read_response(&mut tcp).await;
-        assert!(second.contains("\"uri\":\"/p2\""), "{second}");
+        let both = read_responses(&mut tcp, 2).await;
+        assert!(both[0].contains("\"uri\":\"/p1\""), "{both:?}");
+        assert!(both[1].contains("\"uri\":\"/p2\""), "{both:?}");
         released(&proxy, listener, 4).await;
     }
 }

@@ -145,22 +145,24 @@ async fn run<I>(
 {
     let peer = conn_info.peer;
     let mut io = Watched::new(io, watch.clone());
-    let (http2, prefix) = match protocol {
-        Protocol::Http1 => (false, Vec::new()),
-        Protocol::Http2 => (true, Vec::new()),
-        Protocol::Sniff => {
-            // The first head deadline bounds this read too.
-            let deadline = watch.accepted() + limits.header_read;
-            match tokio::time::timeout_at(deadline.into(), sniff(&mut io)).await {
-                Ok(Ok(found)) => found,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, "connection failed before its first request: {err}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "no request within header_read_timeout");
-                    return;
-                }
+    // Nothing is built for HTTP/1.1 until the client's first bytes arrive: hyper
+    // allocates its buffers (~20 KiB) at once, and a silent connection would hold them
+    // for the whole head deadline. HTTP/2 (by ALPN) starts at once.
+    let (http2, prefix) = if protocol == Protocol::Http2 {
+        (true, Vec::new())
+    } else {
+        // The first head deadline bounds this wait too.
+        let deadline = watch.accepted() + limits.header_read;
+        let first = first_read(&mut io, protocol == Protocol::Sniff);
+        match tokio::time::timeout_at(deadline.into(), first).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, "connection failed before its first request: {err}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no request within header_read_timeout");
+                return;
             }
         }
     };
@@ -338,6 +340,19 @@ async fn idle_until_request<I: AsyncRead + Unpin>(
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The client's first bytes, and whether they are the HTTP/2 preface (looked for only
+/// when `http2_too`).
+async fn first_read<I: AsyncRead + Unpin>(
+    io: &mut I,
+    http2_too: bool,
+) -> std::io::Result<(bool, Vec<u8>)> {
+    if http2_too {
+        sniff(io).await
+    } else {
+        Ok((false, next_bytes(io, 4096).await?))
+    }
+}
 
 /// Read until the first bytes are, or cannot be, the HTTP/2 preface; returns whether
 /// they are, and what was read (to be read again by the protocol). Reads take what the

@@ -811,6 +811,21 @@ async fn released(proxy: &Proxy, listener: &str, count: u64) {
     }
 }
 
+/// The proxy (release delay 100 ms) in front of `routes`, whose other paths answer
+/// `{"uri":"PATH"}` as `get_ok` expects; and its configuration's directory, to keep.
+async fn releasing_proxy(routes: Router, tag: &str) -> (Proxy, TempDir) {
+    let app = routes.fallback(any(|req: Request| async move {
+        format!("{{\"uri\":\"{}\"}}", req.uri())
+    }));
+    let upstream = serve(app).await;
+    let dir = TempDir::new(tag);
+    let path = dir.write(
+        "proxy.toml",
+        &limited(upstream, "release_idle_buffers_after = \"100ms\""),
+    );
+    (Proxy::with_config(&path), dir)
+}
+
 /// Send one GET on `conn` and check that it is answered by the echo upstream.
 async fn get_ok<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S, path: &str) {
     conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -869,26 +884,13 @@ async fn a_response_waiting_for_a_slow_reader_is_never_cut_by_a_release() {
     // waiting: in between, the upstream's answer is over while part of it still waits
     // in the proxy for the client, which is when a release must not happen.
     const SIZES: [usize; 5] = [64 << 10, 160 << 10, 320 << 10, 640 << 10, 4 << 20];
-    let app =
-        Router::new()
-            .route(
-                "/big/{size}",
-                any(
-                    |axum::extract::Path(size): axum::extract::Path<usize>| async move {
-                        vec![b'x'; size]
-                    },
-                ),
-            )
-            .fallback(any(|req: Request| async move {
-                format!("{{\"uri\":\"{}\"}}", req.uri())
-            }));
-    let upstream = serve(app).await;
-    let dir = TempDir::new("release-slow");
-    let path = dir.write(
-        "proxy.toml",
-        &limited(upstream, "release_idle_buffers_after = \"100ms\""),
+    let app = Router::new().route(
+        "/big/{size}",
+        any(
+            |axum::extract::Path(size): axum::extract::Path<usize>| async move { vec![b'x'; size] },
+        ),
     );
-    let proxy = Proxy::with_config(&path);
+    let (proxy, _dir) = releasing_proxy(app, "release-slow").await;
     let addr: std::net::SocketAddr = addr_of(&proxy, "web").parse().unwrap();
     let mut expected_releases = 0;
     for size in SIZES {
@@ -978,29 +980,19 @@ async fn released_connections_still_idle_out_and_close_on_shutdown() {
 async fn a_released_connection_upgrades_to_a_websocket() {
     use axum::extract::ws::{Message, WebSocketUpgrade};
     use futures_util::{SinkExt, StreamExt};
-    let app = Router::new()
-        .route(
-            "/ws",
-            any(|ws: WebSocketUpgrade| async move {
-                ws.on_upgrade(|mut socket| async move {
-                    while let Some(Ok(Message::Text(text))) = socket.recv().await {
-                        if socket.send(Message::Text(text)).await.is_err() {
-                            break;
-                        }
+    let app = Router::new().route(
+        "/ws",
+        any(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket| async move {
+                while let Some(Ok(Message::Text(text))) = socket.recv().await {
+                    if socket.send(Message::Text(text)).await.is_err() {
+                        break;
                     }
-                })
-            }),
-        )
-        .fallback(any(|req: Request| async move {
-            format!("{{\"uri\":\"{}\"}}", req.uri())
-        }));
-    let upstream = serve(app).await;
-    let dir = TempDir::new("release-ws");
-    let path = dir.write(
-        "proxy.toml",
-        &limited(upstream, "release_idle_buffers_after = \"100ms\""),
+                }
+            })
+        }),
     );
-    let proxy = Proxy::with_config(&path);
+    let (proxy, _dir) = releasing_proxy(app, "release-ws").await;
     let mut tcp = TcpStream::connect(addr_of(&proxy, "web")).await.unwrap();
     get_ok(&mut tcp, "/plain").await;
     released(&proxy, "web", 1).await;

@@ -22,16 +22,23 @@ use super::Settings;
 use super::limits::{
     HYPER_DEFAULT_MAX_HEADERS, LOCAL_ERROR_RESETS, Limits, PENDING_ACCEPT_RESETS, Watch, Watched,
 };
+use super::stream::Stream;
 use crate::admin::metrics::ListenerMetrics;
 use crate::handler::{self, Activity, ConnInfo};
 use crate::server::Shared;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Serve one accepted connection. The drain token in `hold` is released when the
 /// connection is over; the connection-limit permit (and the open-connections gauge) when
 /// the connection is over and, if it was upgraded (WebSocket…), its tunnel has closed.
-pub(crate) async fn serve(
+///
+/// Everything up to the first HTTP/1.1 request (the TLS handshake, the first read) and
+/// a whole HTTP/2 connection run in a box that is freed once they are over, and so does
+/// each stretch of HTTP/1.1 requests ([`Conn::until_idle`]): the task of an idle
+/// HTTP/1.1 connection keeps only a [`Conn`], its stream and the wait for the next
+/// request: 768 bytes with tokio's task header, measured with massif (it was 2.3 KiB
+/// when the whole connection ran in the task).
+pub(crate) fn serve(
     shared: Arc<Shared>,
     listener: Arc<str>,
     metrics: Arc<ListenerMetrics>,
@@ -39,44 +46,70 @@ pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     hold: (OwnedSemaphorePermit, mpsc::Sender<()>),
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let (permit, drain_token) = hold;
+    let opened = Box::pin(open(shared, listener, metrics, settings, tcp, peer, permit));
+    // The HTTP/1.1 loop is written out here, not in an `async fn` of its own: each level
+    // of `async fn` would keep its own copy of the connection's state in the task.
+    // (`let … else`, not `if let` or `while let`: their matched values would be kept
+    // in the task as well, moved out of or not.)
+    async move {
+        let _drain_token = drain_token;
+        let Some((conn, mut io)) = opened.await else {
+            return;
+        };
+        loop {
+            let Some((stream, ready)) = Box::pin(conn.until_idle(io)).await else {
+                return;
+            };
+            io = stream;
+            if !ready && !conn.wait_for_request(&mut io).await {
+                let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The byte stream a connection's protocol reads and writes.
+type Io = Prefixed<Watched<Stream>>;
+
+/// Set a connection up: TLS handshake, then the client's first bytes (HTTP/1.1 or, when
+/// the listener takes it, HTTP/2). An HTTP/2 connection is served here; an HTTP/1.1 one
+/// is returned, to be served by [`Conn::serve_http1`].
+async fn open(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    metrics: Arc<ListenerMetrics>,
+    settings: Arc<Settings>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> Option<(Conn, Io)> {
     let slot = Arc::new(ConnSlot::new(permit, metrics.open.clone()));
     let limits = Limits::of(&shared.active.load().loaded.config.server);
     let activity = Arc::new(Activity::new());
     // The first head deadline runs from here, through the TLS handshake.
     let watch = Arc::new(Watch::new(activity.clone(), limits.http2_resets));
-    let info = |tls| {
-        Arc::new(ConnInfo {
-            listener,
-            peer,
-            tls,
-            activity,
-            slot,
-        })
-    };
     let no_alpn = if settings.http2 {
         Protocol::Sniff
     } else {
         Protocol::Http1
     };
-    match &settings.tls {
-        None => run(shared, info(false), watch, no_alpn, limits, &metrics, tcp).await,
+    let (stream, protocol) = match &settings.tls {
+        None => (Stream::Tcp(tcp), no_alpn),
         Some(acceptor) => {
             let deadline = watch.accepted() + limits.header_read;
-            // The handshake and the TLS stream are boxed, and the stream is out of the
-            // match before the connection is served: inline, each would add its size
-            // (over 1 KiB) to every connection's task, plain ones too.
-            let accept = Box::pin(acceptor.accept(tcp));
-            let stream = match tokio::time::timeout_at(deadline.into(), accept).await {
+            let stream = match tokio::time::timeout_at(deadline.into(), acceptor.accept(tcp)).await
+            {
                 Ok(Ok(stream)) => Box::new(stream),
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {err}");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+                    return None;
                 }
             };
             let protocol = match stream.get_ref().1.alpn_protocol() {
@@ -84,19 +117,51 @@ pub(crate) async fn serve(
                 Some(_) => Protocol::Http1,
                 None => no_alpn,
             };
-            run(
-                shared,
-                info(true),
-                watch,
-                protocol,
-                limits,
-                &metrics,
-                stream,
-            )
-            .await;
+            (Stream::Tls(stream), protocol)
         }
+    };
+    let info = Arc::new(ConnInfo {
+        listener,
+        peer,
+        tls: matches!(stream, Stream::Tls(_)),
+        activity,
+        slot,
+    });
+    let mut io = Watched::new(stream, watch.clone());
+    // Nothing is built for HTTP/1.1 until the client's first bytes arrive: hyper
+    // allocates its buffers (~20 KiB) at once, and a silent connection would hold them
+    // for the whole head deadline. HTTP/2 (by ALPN) starts at once.
+    let (http2, prefix) = if protocol == Protocol::Http2 {
+        (true, Vec::new())
+    } else {
+        // The first head deadline bounds this wait too.
+        let deadline = watch.accepted() + limits.header_read;
+        let first = first_read(&mut io, protocol == Protocol::Sniff);
+        match tokio::time::timeout_at(deadline.into(), first).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, "connection failed before its first request: {err}");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no request within header_read_timeout");
+                return None;
+            }
+        }
+    };
+    let conn = Conn {
+        shared,
+        info,
+        watch,
+        limits,
+        metrics,
+    };
+    let io = Prefixed::new(prefix, io);
+    if http2 {
+        conn.serve_http2(io).await;
+        return None;
     }
-    drop(drain_token);
+    Some((conn, io))
 }
 
 /// A connection's place in `server.max_connections` and in the open-connections gauge,
@@ -132,183 +197,146 @@ enum Protocol {
     Sniff,
 }
 
-async fn run<I>(
+/// What a client connection keeps from accept to close, whatever its state.
+struct Conn {
     shared: Arc<Shared>,
-    conn_info: Arc<ConnInfo>,
+    info: Arc<ConnInfo>,
     watch: Arc<Watch>,
-    protocol: Protocol,
     limits: Limits,
-    metrics: &ListenerMetrics,
-    io: I,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = conn_info.peer;
-    let mut io = Watched::new(io, watch.clone());
-    // Nothing is built for HTTP/1.1 until the client's first bytes arrive: hyper
-    // allocates its buffers (~20 KiB) at once, and a silent connection would hold them
-    // for the whole head deadline. HTTP/2 (by ALPN) starts at once.
-    let (http2, prefix) = if protocol == Protocol::Http2 {
-        (true, Vec::new())
-    } else {
-        // The first head deadline bounds this wait too.
-        let deadline = watch.accepted() + limits.header_read;
-        let first = first_read(&mut io, protocol == Protocol::Sniff);
-        match tokio::time::timeout_at(deadline.into(), first).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, "connection failed before its first request: {err}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no request within header_read_timeout");
-                return;
-            }
-        }
-    };
-    let io = TokioIo::new(Prefixed::new(prefix, io));
-
-    let handler_shared = shared.clone();
-    let service_watch = watch.clone();
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let guard = service_watch.request(req.version());
-        let rejected = limits.reject(&service_watch, &req);
-        let shared = handler_shared.clone();
-        let conn = conn_info.clone();
-        async move {
-            let response = match rejected {
-                Some(response) => response,
-                None => handler::handle(shared, conn, req).await,
-            };
-            guard.answered();
-            Ok::<_, Infallible>(response)
-        }
-    });
-
-    let shutdown = shared.shutdown.clone();
-    if !http2 {
-        let released = &metrics.idle_releases;
-        serve_http1(io, service, shutdown, &watch, &limits, peer, released).await;
-        return;
-    }
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(limits.http2_streams)
-        .max_pending_accept_reset_streams(PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(LOCAL_ERROR_RESETS)
-        // RFC 8441: WebSockets from HTTP/2 clients, as extended CONNECT streams.
-        .enable_connect_protocol();
-    // Boxed, like HTTP/1.1's: the task's own future stays small.
-    let mut conn = Box::pin(builder.serve_connection(io, service));
-    drive(
-        conn.as_mut(),
-        |c| c.graceful_shutdown(),
-        shutdown,
-        &watch,
-        &limits,
-        peer,
-        None,
-    )
-    .await;
+    metrics: Arc<ListenerMetrics>,
 }
 
-/// Serve HTTP/1.1 on a connection, giving back hyper's buffers between requests.
-///
-/// hyper keeps a read buffer (8–16 KiB), a write buffer (8 KiB), a box for the request
-/// being answered and a spare header map for as long as its connection lives, idle or
-/// not: about 20 KiB for every keep-alive client, where nginx keeps none. So once a
-/// connection has been idle for `release_idle_buffers_after` (and no response bytes are
-/// waiting for the client), hyper is asked to close it gracefully with the byte stream
-/// left open (see [`Watched`]), and everything it held is dropped. The socket then waits
-/// with no buffer for the client's next bytes, which are handed to a new hyper
-/// connection. The client sees one keep-alive connection throughout; `idle_timeout`,
-/// the head deadline and shutdown apply as before.
-async fn serve_http1<I>(
-    io: TokioIo<Prefixed<Watched<I>>>,
-    service: impl hyper::service::HttpService<
-        Incoming,
-        ResBody = axum::body::Body,
+impl Conn {
+    /// The service hyper calls for each request: the server limits, then the handler.
+    fn service(
+        &self,
+    ) -> impl hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = hyper::Response<axum::body::Body>,
         Error = Infallible,
         Future: Send + 'static,
     > + Clone
     + Send
     + Unpin
-    + 'static,
-    mut shutdown: watch::Receiver<bool>,
-    watch: &Watch,
-    limits: &Limits,
-    peer: SocketAddr,
-    released: &Counter,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let head_bytes = usize::try_from(limits.header_bytes).unwrap_or(usize::MAX);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        // Our head deadline replaces hyper's (see `limits`).
-        .header_read_timeout(None)
-        .max_header_size(head_bytes)
-        .max_buf_size(head_bytes.max(8192))
-        .keep_alive(true);
-    if limits.header_count != HYPER_DEFAULT_MAX_HEADERS {
-        builder.max_headers(limits.header_count);
+    + 'static {
+        let shared = self.shared.clone();
+        let info = self.info.clone();
+        let watch = self.watch.clone();
+        let limits = self.limits;
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let guard = watch.request(req.version());
+            let rejected = limits.reject(&watch, &req);
+            let shared = shared.clone();
+            let conn = info.clone();
+            async move {
+                let response = match rejected {
+                    Some(response) => response,
+                    None => handler::handle(shared, conn, req).await,
+                };
+                guard.answered();
+                Ok::<_, Infallible>(response)
+            }
+        })
     }
-    let mut io = io;
-    loop {
-        // `with_upgrades` keeps the socket alive for a 101 (WebSocket…): the connection
-        // future then ends and the proxy's tunnel owns the socket. Boxed: it is dropped
-        // while the connection idles.
-        let mut conn = Box::new(
-            builder
-                .serve_connection(io, service.clone())
-                .with_upgrades(),
-        );
-        let ended = drive(
-            Pin::new(&mut *conn),
+
+    async fn serve_http2(&self, io: Io) {
+        let limits = &self.limits;
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.http2_streams)
+            .max_pending_accept_reset_streams(PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(LOCAL_ERROR_RESETS)
+            // RFC 8441: WebSockets from HTTP/2 clients, as extended CONNECT streams.
+            .enable_connect_protocol();
+        let conn = builder.serve_connection(TokioIo::new(io), self.service());
+        let mut conn = std::pin::pin!(conn);
+        drive(
+            conn.as_mut(),
             |c| c.graceful_shutdown(),
-            shutdown.clone(),
-            watch,
+            self.shared.shutdown.clone(),
+            &self.watch,
+            limits,
+            self.info.peer,
+            None,
+        )
+        .await;
+    }
+
+    /// Wait, holding no buffer, for the first bytes of a released connection's next
+    /// request, and put them back in `io`; `false` when the client leaves, the
+    /// connection idles out, or on shutdown.
+    async fn wait_for_request(&self, io: &mut Io) -> bool {
+        let mut shutdown = self.shared.shutdown.clone();
+        match idle_until_request(io, &mut shutdown, &self.watch, &self.limits).await {
+            Some(first) => {
+                io.put_back(first);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Serve HTTP/1.1 requests until the connection closes (`None`), or until it has
+    /// idled long enough to give back hyper's buffers: then the stream, and whether
+    /// bytes of the next request (read by hyper already) were put back in it.
+    ///
+    /// hyper keeps a read buffer (8–16 KiB), a write buffer (8 KiB), a box for the
+    /// request being answered and a spare header map for as long as its connection
+    /// lives, idle or not: about 20 KiB for every keep-alive client, where nginx keeps
+    /// none. So once a connection has been idle for `release_idle_buffers_after` (and no
+    /// response bytes are waiting for the client), hyper is asked to close it gracefully
+    /// with the byte stream left open (see [`Watched`]), and everything it held is
+    /// dropped with the box this future runs in (see [`serve`]). The socket then waits
+    /// with no buffer for the client's next bytes ([`Conn::wait_for_request`]), which
+    /// are handed to a new hyper connection. The client sees one keep-alive connection
+    /// throughout; `idle_timeout`, the head deadline and shutdown apply as before.
+    async fn until_idle(&self, io: Io) -> Option<(Io, bool)> {
+        let limits = &self.limits;
+        let head_bytes = usize::try_from(limits.header_bytes).unwrap_or(usize::MAX);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            // Our head deadline replaces hyper's (see `limits`).
+            .header_read_timeout(None)
+            .max_header_size(head_bytes)
+            .max_buf_size(head_bytes.max(8192))
+            .keep_alive(true);
+        if limits.header_count != HYPER_DEFAULT_MAX_HEADERS {
+            builder.max_headers(limits.header_count);
+        }
+        let peer = self.info.peer;
+        // `with_upgrades` keeps the socket alive for a 101 (WebSocket…): the connection
+        // future then ends and the proxy's tunnel owns the socket.
+        let mut conn = builder
+            .serve_connection(TokioIo::new(io), self.service())
+            .with_upgrades();
+        let ended = drive(
+            Pin::new(&mut conn),
+            |c| c.graceful_shutdown(),
+            self.shared.shutdown.clone(),
+            &self.watch,
             limits,
             peer,
             Some(limits.release_buffers),
         )
         .await;
         if ended != Ended::Released {
-            return;
+            return None;
         }
-        watch.set_releasing(false);
-        // Out of its box, which is freed at the end of this block (not at the end of
-        // the loop's body); `None`: upgraded meanwhile, the tunnel owns the socket.
-        let conn = {
-            let boxed = conn;
-            *boxed
-        };
-        let Some(parts) = conn.into_parts() else {
-            return;
-        };
+        self.watch.set_releasing(false);
+        // `None`: upgraded meanwhile, the tunnel owns the socket.
+        let parts = conn.into_parts()?;
         let mut stream = parts.io.into_inner();
-        // The read buffer (the unread bytes share its allocation) and the service go
-        // now, not when the wait below is over.
-        let unread = (!parts.read_buf.is_empty()).then(|| parts.read_buf.to_vec());
-        drop(parts.read_buf);
-        drop(parts.service);
-        released.inc();
-        tracing::trace!(%peer, "idle connection released its buffers");
-        if let Some(unread) = unread {
-            // Bytes of the next request hyper had read already.
-            stream.put_back(unread);
-        } else {
-            match idle_until_request(&mut stream, &mut shutdown, watch, limits).await {
-                Some(first) => stream.put_back(first),
-                None => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, stream.shutdown()).await;
-                    return;
-                }
-            }
+        // Bytes of the next request hyper had read already: copied out, so that the
+        // read buffer they share goes now.
+        let ready = !parts.read_buf.is_empty();
+        if ready {
+            stream.put_back(parts.read_buf.to_vec());
         }
-        io = TokioIo::new(stream);
+        self.metrics.idle_releases.inc();
+        tracing::trace!(%peer, "idle connection released its buffers");
+        Some((stream, ready))
     }
 }
 

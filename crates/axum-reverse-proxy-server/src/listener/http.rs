@@ -515,7 +515,7 @@ enum Ended {
 /// head is late, or when it has not closed `CLOSE_GRACE` after being asked to (once no
 /// request is in flight, unless it was for rapid resets). With `release`, ask an HTTP/1.1
 /// connection idle that long to finish so that its buffers can be released (see
-/// [`serve_http1`]).
+/// [`Conn::until_idle`]); only HTTP/2 (`release` is `None`) can reset streams.
 async fn drive<F, E>(
     mut conn: Pin<&mut F>,
     graceful: impl Fn(Pin<&mut F>),
@@ -571,7 +571,10 @@ where
         {
             wake = wake.min(at);
         }
+        // Biased, the connection first: this runs at every wake-up of the connection's
+        // task, and the connection is what woke it nearly always.
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 return match result {
                     Ok(()) if releasing => Ended::Released,
@@ -582,13 +585,13 @@ where
                     }
                 };
             }
-            changed = shutdown.changed(), if !closing => {
+            changed = shutdown_changed(&mut shutdown), if !closing => {
                 if changed.is_err() || *shutdown.borrow() {
                     closing = true;
                     graceful(conn.as_mut());
                 }
             }
-            () = watch.tripped(), if !abusive => {
+            () = watch.tripped(), if !abusive && release.is_none() => {
                 tracing::warn!(
                     %peer,
                     "HTTP/2 client cancelled more than server.http2_max_reset_streams streams before their response (rapid reset): closing the connection"
@@ -614,10 +617,66 @@ where
     }
 }
 
+/// `shutdown.changed()`, for a `select!` that runs at every wake-up of a connection's
+/// task. A waiting tokio `Notified` takes its `Notify`'s lock each time it is polled,
+/// and all connections wait on the same `Notify`: that would be a lock shared by every
+/// request. So the wait is polled once, to register, and after that only once the
+/// value has changed, which a second receiver tells without a lock.
+async fn shutdown_changed(
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), watch::error::RecvError> {
+    let probe = shutdown.clone();
+    let mut changed = std::pin::pin!(shutdown.changed());
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if registered && matches!(probe.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        registered = true;
+        changed.as_mut().poll(cx)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// Polls once, with the task's waker.
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_wait_wakes_its_task_on_a_change_and_on_close() {
+        let (tx, rx) = watch::channel(false);
+        let (registered_tx, registered) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn(async move {
+            let mut rx = rx;
+            let mut wait = Box::pin(shutdown_changed(&mut rx));
+            // Pending however often it is polled, and registered after the first poll.
+            for _ in 0..3 {
+                assert!(poll_once(&mut wait).await.is_pending());
+            }
+            registered_tx.send(()).unwrap();
+            let changed = wait.await;
+            drop(rx);
+            changed
+        });
+        registered.await.unwrap();
+        // Only the waker registered by the first poll can wake the task now.
+        tx.send(true).unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        assert!(woken.expect("woken by the change").unwrap().is_ok());
+
+        let (tx, mut rx) = watch::channel(false);
+        let mut wait = Box::pin(shutdown_changed(&mut rx));
+        assert!(poll_once(&mut wait).await.is_pending());
+        drop(tx);
+        let closed = tokio::time::timeout(Duration::from_secs(10), wait).await;
+        assert!(closed.expect("woken by the close").is_err());
+    }
 
     #[tokio::test]
     async fn bytes_put_back_are_read_first_then_the_rest() {

@@ -364,6 +364,33 @@ async fn close_all_reaches_open_and_later_slots() {
         .expect("a slot opened after close_all is closing at once");
 }
 
+#[tokio::test]
+async fn a_slot_waiting_for_close_all_stays_pending_until_woken_by_it() {
+    let tunnels = UpgradeTunnels::new();
+    let mut slot = tunnels.open();
+    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let waiting = tokio::spawn(async move {
+        let mut wait = Box::pin(slot.closing());
+        // Polled again and again (as a tunnel's select does at each chunk): pending.
+        for _ in 0..3 {
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(wait.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(polled);
+        }
+        registered_tx.send(()).unwrap();
+        wait.await;
+    });
+    registered.await.unwrap();
+    // Only the waker registered at the first poll can wake the task now.
+    tunnels.close_all();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("woken by close_all")
+        .unwrap();
+}
+
 struct Flag(Arc<AtomicBool>);
 
 impl Drop for Flag {

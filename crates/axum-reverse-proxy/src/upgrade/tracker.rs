@@ -164,8 +164,24 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// Resolves when [`UpgradeTunnels::close_all`] is called (at once if it was).
+    ///
+    /// A tunnel polls this at every wake-up (each chunk it carries), and a waiting
+    /// tokio `Notified` takes its `Notify`'s lock on every poll: the lock all tunnels
+    /// share. So the wait is polled once, to register its waker, and after that only
+    /// once a second receiver sees a new version, which needs no lock.
     pub(crate) async fn closing(&mut self) {
-        if self.closing.wait_for(|closing| *closing).await.is_err() {
+        let probe = self.closing.clone();
+        let mut wait = std::pin::pin!(self.closing.wait_for(|closing| *closing));
+        let mut registered = false;
+        let closed = std::future::poll_fn(|cx| {
+            if registered && matches!(probe.has_changed(), Ok(false)) {
+                return std::task::Poll::Pending;
+            }
+            registered = true;
+            wait.as_mut().poll(cx).map(|r| r.is_ok())
+        })
+        .await;
+        if !closed {
             // The sender lives as long as `tunnels`: cannot happen; never resolve.
             std::future::pending::<()>().await;
         }

@@ -111,7 +111,7 @@ pub(crate) async fn run(
     // Bind everything before serving anything.
     let mut bound = Vec::new();
     for (name, lc) in &cfg.listeners {
-        let settings = Settings::new(lc, snapshot.tls.get(name.get_ref()).cloned());
+        let settings = Settings::new(lc, snapshot.tls.get(name.get_ref()).cloned(), &cfg.server);
         let b = listener::bind(name.get_ref(), lc, settings).map_err(|e| {
             let (line, _) = snapshot.loaded.locator().position(&lc.address.span());
             let place = if line > 0 && !snapshot.loaded.generated {
@@ -343,7 +343,8 @@ impl Server {
         let mut updates = Vec::new();
         let mut fresh = Vec::new();
         for (name, lc) in &new.listeners {
-            let settings = Settings::new(lc, snapshot.tls.get(name.get_ref()).cloned());
+            let settings =
+                Settings::new(lc, snapshot.tls.get(name.get_ref()).cloned(), &new.server);
             match self.running.get(name.get_ref()) {
                 Some(r) if r.configured == *lc.address.get_ref() => {
                     updates.push((name.get_ref().clone(), settings));

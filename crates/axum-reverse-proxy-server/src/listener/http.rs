@@ -87,7 +87,7 @@ async fn open(
     permit: OwnedSemaphorePermit,
 ) -> Option<(Conn, Io)> {
     let slot = Arc::new(ConnSlot::new(permit, metrics.open.clone()));
-    let limits = Limits::of(&shared.active.load().loaded.config.server);
+    let limits = &settings.limits;
     let activity = Arc::new(Activity::new());
     // The first head deadline runs from here, through the TLS handshake.
     let watch = Arc::new(Watch::new(activity.clone(), limits.http2_resets));
@@ -153,7 +153,7 @@ async fn open(
         shared,
         info,
         watch,
-        limits,
+        settings,
         metrics,
     };
     let io = Prefixed::new(prefix, io);
@@ -202,7 +202,8 @@ struct Conn {
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     watch: Arc<Watch>,
-    limits: Limits,
+    /// The listener's settings as the connection started (its limits among them).
+    settings: Arc<Settings>,
     metrics: Arc<ListenerMetrics>,
 }
 
@@ -222,7 +223,7 @@ impl Conn {
         let shared = self.shared.clone();
         let info = self.info.clone();
         let watch = self.watch.clone();
-        let limits = self.limits;
+        let limits = self.settings.limits;
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = watch.request(req.version());
             let rejected = limits.reject(&watch, &req);
@@ -240,7 +241,7 @@ impl Conn {
     }
 
     async fn serve_http2(&self, io: Io) {
-        let limits = &self.limits;
+        let limits = &self.settings.limits;
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -268,14 +269,27 @@ impl Conn {
     /// request, and put them back in `io`; `false` when the client leaves, the
     /// connection idles out, or on shutdown.
     async fn wait_for_request(&self, io: &mut Io) -> bool {
+        let idle = self.settings.limits.idle;
+        let idle_until = self
+            .watch
+            .activity()
+            .idle_deadline(idle)
+            .unwrap_or_else(|| Instant::now() + idle);
         let mut shutdown = self.shared.shutdown.clone();
-        match idle_until_request(io, &mut shutdown, &self.watch, &self.limits).await {
-            Some(first) => {
-                io.put_back(first);
-                true
-            }
-            None => false,
+        if *shutdown.borrow_and_update() {
+            return false;
         }
+        // (Shutdown is the only change the value ever sees.)
+        let first = tokio::select! {
+            read = next_bytes(io, 2048) => match read {
+                Ok(first) if !first.is_empty() => first,
+                _ => return false,
+            },
+            _ = shutdown.changed() => return false,
+            () = tokio::time::sleep_until(idle_until.into()) => return false,
+        };
+        io.put_back(first);
+        true
     }
 
     /// Serve HTTP/1.1 requests until the connection closes (`None`), or until it has
@@ -293,7 +307,7 @@ impl Conn {
     /// are handed to a new hyper connection. The client sees one keep-alive connection
     /// throughout; `idle_timeout`, the head deadline and shutdown apply as before.
     async fn until_idle(&self, io: Io) -> Option<(Io, bool)> {
-        let limits = &self.limits;
+        let limits = &self.settings.limits;
         let head_bytes = usize::try_from(limits.header_bytes).unwrap_or(usize::MAX);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -337,32 +351,6 @@ impl Conn {
         self.metrics.idle_releases.inc();
         tracing::trace!(%peer, "idle connection released its buffers");
         Some((stream, ready))
-    }
-}
-
-/// Wait, holding no buffer, for the first bytes of a released connection's next
-/// request; `None` when the client leaves, the connection idles out, or on shutdown.
-async fn idle_until_request<I: AsyncRead + Unpin>(
-    io: &mut I,
-    shutdown: &mut watch::Receiver<bool>,
-    watch: &Watch,
-    limits: &Limits,
-) -> Option<Vec<u8>> {
-    let idle_until = watch
-        .activity()
-        .idle_deadline(limits.idle)
-        .unwrap_or_else(|| Instant::now() + limits.idle);
-    let read = next_bytes(io, 2048);
-    if *shutdown.borrow() {
-        return None;
-    }
-    tokio::select! {
-        read = read => match read {
-            Ok(first) if !first.is_empty() => Some(first),
-            _ => None,
-        },
-        _ = shutdown.wait_for(|stop| *stop) => None,
-        () = tokio::time::sleep_until(idle_until.into()) => None,
     }
 }
 

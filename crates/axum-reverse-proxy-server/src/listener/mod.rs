@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ServerConfig};
 use crate::server::Shared;
 
 pub(crate) mod http;
@@ -26,10 +26,17 @@ pub(crate) struct Settings {
     pub(crate) tls: Option<TlsAcceptor>,
     /// Accept HTTP/2 (by ALPN with TLS, by prior knowledge without when h2c).
     pub(crate) http2: bool,
+    /// The `[server]` limits, as of the last (re)load: each connection keeps those it
+    /// started with.
+    pub(crate) limits: limits::Limits,
 }
 
 impl Settings {
-    pub(crate) fn new(config: &ListenerConfig, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    pub(crate) fn new(
+        config: &ListenerConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        server: &ServerConfig,
+    ) -> Self {
         let http2 = match tls {
             Some(_) => config.http2,
             None => config.http2 && *config.h2c.get_ref(),
@@ -37,6 +44,7 @@ impl Settings {
         Settings {
             tls: tls.map(TlsAcceptor::from),
             http2,
+            limits: limits::Limits::of(server),
         }
     }
 }

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::access_log::{Counted, Entry, Logged};
 use crate::config::HeaderRules;
 use crate::listener::http::ConnSlot;
+use crate::listener::limits::Watch;
 use crate::routes::strip;
 use crate::server::Shared;
 use crate::upstream::Attempts;
@@ -31,9 +32,11 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     /// The connection is TLS: requests are `https` for forwarding headers.
     pub(crate) tls: bool,
-    pub(crate) activity: Arc<Activity>,
-    /// Held by the connection, and by the tunnel of an upgrade made on it.
-    pub(crate) slot: Arc<ConnSlot>,
+    /// The connection's state for the server limits, its [`Activity`] among them.
+    pub(crate) watch: Arc<Watch>,
+    /// Held as long as this is: by the connection, and by the tunnel of an upgrade made
+    /// on it.
+    pub(crate) _slot: ConnSlot,
 }
 
 /// Requests in flight on a connection and when it was last busy, for the idle timeout.
@@ -68,20 +71,22 @@ impl Activity {
 }
 
 /// Holds a request "in flight" until dropped (with the response body).
-pub(crate) struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Watch>);
 
 impl InFlight {
-    pub(crate) fn new(activity: Arc<Activity>) -> InFlight {
+    pub(crate) fn new(watch: Arc<Watch>) -> InFlight {
+        let activity = watch.activity();
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
-        InFlight(activity)
+        InFlight(watch)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let activity = self.0.activity();
+        activity.touch();
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -158,7 +163,7 @@ where
 {
     let start = Instant::now();
     let time = SystemTime::now();
-    let in_flight = InFlight::new(conn.activity.clone());
+    let in_flight = InFlight::new(conn.watch.clone());
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
 
@@ -260,7 +265,7 @@ where
             if may_upgrade(&parts) {
                 // An upgraded connection leaves hyper, which lets go of the connection's
                 // slot: the tunnel holds it instead until it closes.
-                parts.extensions.insert(TunnelGuard::new(conn.slot.clone()));
+                parts.extensions.insert(TunnelGuard::new(Arc::clone(&conn)));
             }
             let body = match &bytes_in {
                 Some(count) => Body::new(Counted {

@@ -24,7 +24,7 @@ use super::limits::{
 };
 use super::stream::Stream;
 use crate::admin::metrics::ListenerMetrics;
-use crate::handler::{self, Activity, ConnInfo};
+use crate::handler::{self, ConnInfo};
 use crate::server::Shared;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -86,11 +86,10 @@ async fn open(
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) -> Option<(Conn, Io)> {
-    let slot = Arc::new(ConnSlot::new(permit, metrics.open.clone()));
+    let slot = ConnSlot::new(permit, metrics.open.clone());
     let limits = &settings.limits;
-    let activity = Arc::new(Activity::new());
     // The first head deadline runs from here, through the TLS handshake.
-    let watch = Arc::new(Watch::new(activity.clone(), limits.http2_resets));
+    let watch = Arc::new(Watch::new(limits.http2_resets));
     let no_alpn = if settings.http2 {
         Protocol::Sniff
     } else {
@@ -126,8 +125,8 @@ async fn open(
         listener,
         peer,
         tls: matches!(stream, Stream::Tls(_)),
-        activity,
-        slot,
+        watch: watch.clone(),
+        _slot: slot,
     });
     let mut io = Watched::new(stream, watch.clone());
     // Nothing is built for HTTP/1.1 until the client's first bytes arrive: hyper

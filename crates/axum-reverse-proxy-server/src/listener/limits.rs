@@ -136,7 +136,8 @@ pub(crate) struct Watch {
     /// counts a request from its first poll until its response body ends; this covers
     /// the moment before, so that body bytes read meanwhile start no head deadline.
     answering: AtomicUsize,
-    activity: Arc<Activity>,
+    /// Requests in flight and when the connection was last busy.
+    activity: Activity,
     /// HTTP/2 streams handed to the service.
     streams: AtomicU64,
     /// Of those, the ones cancelled by the client before their response started.
@@ -155,13 +156,13 @@ pub(crate) struct Watch {
 
 impl Watch {
     /// Start watching a connection accepted now: its first head deadline runs from here.
-    pub(crate) fn new(activity: Arc<Activity>, max_resets: u64) -> Watch {
+    pub(crate) fn new(max_resets: u64) -> Watch {
         Watch {
             start: Instant::now(),
             head_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             answering: AtomicUsize::new(0),
-            activity,
+            activity: Activity::new(),
             streams: AtomicU64::new(0),
             early_resets: AtomicU64::new(0),
             max_resets,
@@ -382,7 +383,7 @@ mod tests {
     use super::*;
 
     fn watch(max_resets: u64) -> Arc<Watch> {
-        Arc::new(Watch::new(Arc::new(Activity::new()), max_resets))
+        Arc::new(Watch::new(max_resets))
     }
 
     #[test]
@@ -407,15 +408,14 @@ mod tests {
 
     #[test]
     fn buffers_are_released_only_when_nothing_is_pending() {
-        let activity = Arc::new(Activity::new());
-        let w = Arc::new(Watch::new(activity.clone(), 10));
+        let w = Arc::new(Watch::new(10));
         let after = Duration::from_millis(100);
         let later = |w: &Watch| Instant::now() + Duration::from_secs(5) + w.start.elapsed();
         // The first head is being read (its deadline runs from accept).
         assert!(w.releasable(after, later(&w)).is_err());
         let guard = w.request(Version::HTTP_11);
         assert!(w.releasable(after, later(&w)).is_err(), "answering");
-        let in_flight = crate::handler::InFlight::new(activity.clone());
+        let in_flight = crate::handler::InFlight::new(w.clone());
         guard.answered();
         assert!(
             w.releasable(after, later(&w)).is_err(),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum_reverse_proxy::UpgradeTunnels;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, metrics::Metrics, metrics::ResultLabels};
@@ -36,6 +36,10 @@ pub(crate) struct Shared {
     pub(crate) conn_limit: Arc<Semaphore>,
     /// Becomes `true` when shutdown starts.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Notified (all waiters) when shutdown starts, after `shutdown`: what idle HTTP/1.1
+    /// connections wait on between requests, its `Notified` being half the size of a
+    /// watch's `changed()` in each of their tasks (see `listener::http`).
+    pub(crate) parked: Notify,
     pub(crate) draining: AtomicBool,
     /// The upgraded tunnels (WebSockets…) of every pool of every configuration
     /// generation: one handle for the process, so that `/metrics` counts across reloads
@@ -148,6 +152,7 @@ pub(crate) async fn run(
         access_log: Arc::new(access_log),
         conn_limit: Arc::new(Semaphore::new(*cfg.server.max_connections.get_ref())),
         shutdown: shutdown_rx,
+        parked: Notify::new(),
         draining: AtomicBool::new(false),
         tunnels,
     });
@@ -223,6 +228,7 @@ pub(crate) async fn run(
     ));
     shared.draining.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
+    shared.parked.notify_waiters();
     for (_, r) in std::mem::take(&mut server.running) {
         r.stop().await;
     }

@@ -976,6 +976,36 @@ async fn released_connections_still_idle_out_and_close_on_shutdown() {
     );
 }
 
+/// Shutdown reaches a released connection that waits for its next request by itself,
+/// not by its idle timeout (a minute here) or the shutdown timeout (30 s).
+#[tokio::test]
+async fn a_released_connection_closes_at_once_on_shutdown() {
+    let upstream = echo("s").await;
+    let dir = TempDir::new("release-shutdown");
+    let path = dir.write(
+        "proxy.toml",
+        &limited(
+            upstream,
+            "release_idle_buffers_after = \"100ms\"\nidle_timeout = \"60s\"",
+        ),
+    );
+    let proxy = Proxy::with_config(&path);
+    let addr = addr_of(&proxy, "web");
+    let mut waiting = TcpStream::connect(&addr).await.unwrap();
+    get_ok(&mut waiting, "/").await;
+    released(&proxy, "web", 1).await;
+    let start = Instant::now();
+    proxy.signal("TERM");
+    closed_after(&mut waiting).await;
+    let (_proxy, status) = proxy.wait_exit_async().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_connection_upgrades_to_a_websocket() {
     use axum::extract::ws::{Message, WebSocketUpgrade};

@@ -36,7 +36,7 @@ use prometheus_client::metrics::gauge::Gauge;
 /// a whole HTTP/2 connection run in a box that is freed once they are over, and so does
 /// each stretch of HTTP/1.1 requests ([`Conn::until_idle`]): the task of an idle
 /// HTTP/1.1 connection keeps only a [`Conn`], its stream and the wait for the next
-/// request: 640 bytes with tokio's task header (`-Zprint-type-sizes`; it was 2.3 KiB
+/// request: 512 bytes with tokio's task header (`-Zprint-type-sizes`; it was 2.3 KiB
 /// when the whole connection ran in the task).
 pub(crate) fn serve(
     shared: Arc<Shared>,
@@ -54,7 +54,9 @@ pub(crate) fn serve(
     // (`let … else`, not `if let` or `while let`: their matched values would be kept
     // in the task as well, moved out of or not.)
     async move {
-        let _drain_token = drain_token;
+        // Moved in, and released when the connection is over (without a copy of its own
+        // in the task: a `let` would keep one beside the captured one).
+        let _ = &drain_token;
         let Some((conn, mut io)) = opened.await else {
             return;
         };
@@ -270,23 +272,26 @@ impl Conn {
     /// request, and put them back in `io`; `false` when the client leaves, the
     /// connection idles out, or on shutdown.
     async fn wait_for_request(&self, io: &mut Io) -> bool {
-        let idle = self.settings.limits.idle;
-        let idle_until = self
-            .watch
-            .activity()
-            .idle_deadline(idle)
-            .unwrap_or_else(|| Instant::now() + idle);
-        let mut shutdown = self.shared.shutdown.clone();
-        if *shutdown.borrow_and_update() {
+        // In a block: a local `idle` would stay in the task while it waits.
+        let idle_until = {
+            let idle = self.settings.limits.idle;
+            self.watch
+                .activity()
+                .idle_deadline(idle)
+                .unwrap_or_else(|| Instant::now() + idle)
+        };
+        // Registered before the flag is read: a shutdown after the read still wakes it.
+        let mut shutdown = std::pin::pin!(self.shared.parked.notified());
+        shutdown.as_mut().enable();
+        if *self.shared.shutdown.borrow() {
             return false;
         }
-        // (Shutdown is the only change the value ever sees.)
         let first = tokio::select! {
             read = next_bytes(io, 2048) => match read {
                 Ok(first) if !first.is_empty() => first,
                 _ => return false,
             },
-            _ = shutdown.changed() => return false,
+            () = shutdown => return false,
             () = tokio::time::sleep_until(idle_until.into()) => return false,
         };
         io.put_back(first);
@@ -396,8 +401,12 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<(bool, Vec<u
 /// The next bytes from `io` (up to `max`, at most 4 KiB; empty at the end of the
 /// stream), read through a buffer that exists only while the read is polled: a
 /// connection waiting here holds no buffer.
-async fn next_bytes<I: AsyncRead + Unpin>(io: &mut I, max: usize) -> std::io::Result<Vec<u8>> {
-    std::future::poll_fn(|cx| {
+fn next_bytes<I: AsyncRead + Unpin>(
+    io: &mut I,
+    max: usize,
+) -> impl Future<Output = std::io::Result<Vec<u8>>> + '_ {
+    // A `poll_fn`, not an `async fn`: it is part of every parked connection's task.
+    std::future::poll_fn(move |cx| {
         let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let limit = max.min(chunk.len());
         let mut buf = ReadBuf::uninit(chunk.get_mut(..limit).unwrap_or_default());
@@ -407,7 +416,6 @@ async fn next_bytes<I: AsyncRead + Unpin>(io: &mut I, max: usize) -> std::io::Re
             Poll::Pending => Poll::Pending,
         }
     })
-    .await
 }
 
 /// A byte stream with some bytes already read from it put back in front.

@@ -699,30 +699,8 @@ impl TlsClient {
 /// A TLS listener `secure` (the certificate of [`TlsClient::new`]) with `server` lines in
 /// `[server]`, an admin listener, and every request routed to `upstream`.
 fn tls_config(upstream: std::net::SocketAddr, server: &str) -> String {
-    format!(
-        r#"
-[server]
-{server}
-
-[admin]
-address = "127.0.0.1:0"
-
-[listeners.secure]
-address = "127.0.0.1:0"
-
-[[listeners.secure.tls.certificates]]
-server_names = ["limits.test"]
-cert = "limits.pem"
-key = "limits.key"
-default = true
-
-[pools.main]
-targets = ["http://{upstream}"]
-
-[[routes]]
-pool = "main"
-"#
-    )
+    let head = format!("[server]\n{server}\n\n[admin]\naddress = \"127.0.0.1:0\"");
+    common::tls_config(&head, "limits.test", "limits", upstream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

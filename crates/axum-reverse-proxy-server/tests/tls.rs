@@ -139,26 +139,7 @@ async fn a_reload_rotates_certificates_on_the_same_socket() {
     let upstream = echo("rotate").await;
     let dir = TempDir::new("tls-rotate");
     let old = make_cert(&dir, "r.test");
-    let config = |cert: &str| {
-        format!(
-            r#"
-[listeners.secure]
-address = "127.0.0.1:0"
-
-[[listeners.secure.tls.certificates]]
-server_names = ["r.test"]
-cert = "{cert}.pem"
-key = "{cert}.key"
-default = true
-
-[pools.main]
-targets = ["http://{upstream}"]
-
-[[routes]]
-pool = "main"
-"#
-        )
-    };
+    let config = |cert: &str| common::tls_config("", "r.test", cert, upstream);
     let path = dir.write("proxy.toml", &config("r.test"));
     let proxy = Proxy::with_config(&path);
     let addr = proxy.listener_url("secure").replace("https://", "");

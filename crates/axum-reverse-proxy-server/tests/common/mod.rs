@@ -294,6 +294,32 @@ pool = "main"
     )
 }
 
+/// A config with one TLS listener, `secure`, presenting `{cert}.pem`/`{cert}.key` (beside
+/// the config file) for `name`, and everything routed to `upstream`; `head` goes first
+/// (a `[server]` table, `[admin]`…).
+pub fn tls_config(head: &str, name: &str, cert: &str, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+{head}
+
+[listeners.secure]
+address = "127.0.0.1:0"
+
+[[listeners.secure.tls.certificates]]
+server_names = ["{name}"]
+cert = "{cert}.pem"
+key = "{cert}.key"
+default = true
+
+[pools.main]
+targets = ["http://{upstream}"]
+
+[[routes]]
+pool = "main"
+"#
+    )
+}
+
 /// A client with no proxy settings from the environment.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()

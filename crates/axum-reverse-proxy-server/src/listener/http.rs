@@ -17,12 +17,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 
 use super::Settings;
 use super::limits::{
     HYPER_DEFAULT_MAX_HEADERS, LOCAL_ERROR_RESETS, Limits, PENDING_ACCEPT_RESETS, Watch, Watched,
 };
-use super::stream::Stream;
 use crate::admin::metrics::ListenerMetrics;
 use crate::handler::{self, ConnInfo};
 use crate::server::Shared;
@@ -73,6 +74,12 @@ pub(crate) fn serve(
     }
 }
 
+/// A client connection's byte stream: TCP (`Left`), or TLS over TCP (`Right`; boxed, as
+/// rustls' state is over 1 KiB and a plain connection would carry its size too). One type
+/// for both, so that hyper's connection types exist once in the binary and a parked
+/// connection's task is the same size whatever its listener.
+type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
 /// The byte stream a connection's protocol reads and writes.
 type Io = Prefixed<Watched<Stream>>;
 
@@ -98,7 +105,7 @@ async fn open(
         Protocol::Http1
     };
     let (stream, protocol) = match &settings.tls {
-        None => (Stream::Tcp(tcp), no_alpn),
+        None => (Either::Left(tcp), no_alpn),
         Some(acceptor) => {
             let deadline = watch.accepted() + limits.header_read;
             // Boxed, like HTTP/2 below: inline, the handshake (1.3 KiB) would be allocated
@@ -120,13 +127,13 @@ async fn open(
                 Some(_) => Protocol::Http1,
                 None => no_alpn,
             };
-            (Stream::Tls(stream), protocol)
+            (Either::Right(stream), protocol)
         }
     };
     let info = Arc::new(ConnInfo {
         listener,
         peer,
-        tls: matches!(stream, Stream::Tls(_)),
+        tls: matches!(stream, Either::Right(_)),
         watch: watch.clone(),
         _slot: slot,
     });

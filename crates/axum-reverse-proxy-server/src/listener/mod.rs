@@ -18,7 +18,6 @@ use crate::server::Shared;
 
 pub(crate) mod http;
 pub(crate) mod limits;
-mod stream;
 pub(crate) mod tls;
 
 /// What a connection needs to know about its listener, swappable on reload.

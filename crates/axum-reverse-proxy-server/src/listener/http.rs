@@ -104,24 +104,16 @@ async fn open(
     } else {
         Protocol::Http1
     };
+    // The handshake and the first read are both bounded by the first head deadline.
+    let first_head_by = watch.accepted() + limits.header_read;
     let (stream, protocol) = match &settings.tls {
         None => (Either::Left(tcp), no_alpn),
         Some(acceptor) => {
-            let deadline = watch.accepted() + limits.header_read;
             // Boxed, like HTTP/2 below: inline, the handshake (1.3 KiB) would be allocated
             // and copied with every plain connection's setup too.
             let accept = Box::pin(acceptor.accept(tcp));
-            let stream = match tokio::time::timeout_at(deadline.into(), accept).await {
-                Ok(Ok(stream)) => Box::new(stream),
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {err}");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return None;
-                }
-            };
+            let (failed, late) = ("TLS handshake failed", "TLS handshake timed out");
+            let stream = Box::new(by_deadline(first_head_by, accept, peer, failed, late).await?);
             let protocol = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Protocol::Http2,
                 Some(_) => Protocol::Http1,
@@ -144,20 +136,10 @@ async fn open(
     let (http2, prefix) = if protocol == Protocol::Http2 {
         (true, Vec::new())
     } else {
-        // The first head deadline bounds this wait too.
-        let deadline = watch.accepted() + limits.header_read;
         let first = first_read(&mut io, protocol == Protocol::Sniff);
-        match tokio::time::timeout_at(deadline.into(), first).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, "connection failed before its first request: {err}");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no request within header_read_timeout");
-                return None;
-            }
-        }
+        let failed = "connection failed before its first request";
+        let late = "no request within header_read_timeout";
+        by_deadline(first_head_by, first, peer, failed, late).await?
     };
     let conn = Conn {
         shared,
@@ -205,6 +187,28 @@ enum Protocol {
     Http2,
     /// HTTP/2 if the client starts with its connection preface, else HTTP/1.1.
     Sniff,
+}
+
+/// The result of a step of a connection's setup if it succeeds by `deadline`; else
+/// `None`, with why logged (`failed`, or `late`).
+async fn by_deadline<T, E: std::fmt::Display>(
+    deadline: Instant,
+    step: impl Future<Output = Result<T, E>>,
+    peer: SocketAddr,
+    failed: &str,
+    late: &str,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline.into(), step).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, "{failed}: {err}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "{late}");
+            None
+        }
+    }
 }
 
 /// What a client connection keeps from accept to close, whatever its state.

@@ -12,17 +12,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum_reverse_proxy::UpgradeTunnels;
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, metrics::Metrics, metrics::ResultLabels};
 use crate::config::{self, ConfigErrors, Loaded};
+use crate::listener::http::{self, Parkable};
+use crate::listener::parking::ParkingLot;
 use crate::listener::{self, Running, Settings};
 use crate::reload::{self, FileWatch, Snapshot};
 use crate::shutdown::{self, Event, Signals};
@@ -37,14 +40,34 @@ pub(crate) struct Shared {
     /// Becomes `true` when shutdown starts.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Notified (all waiters) when shutdown starts, after `shutdown`: what idle HTTP/1.1
-    /// connections wait on between requests, its `Notified` being half the size of a
+    /// connections that do not park (TLS) wait on between requests, its `Notified` being half the size of a
     /// watch's `changed()` in each of their tasks (see `listener::http`).
     pub(crate) parked: Notify,
+    /// Where idle plain-TCP HTTP/1.1 connections wait, started by the first to park.
+    parking: OnceLock<Option<ParkingLot<Parkable>>>,
     pub(crate) draining: AtomicBool,
     /// The upgraded tunnels (WebSockets…) of every pool of every configuration
     /// generation: one handle for the process, so that `/metrics` counts across reloads
     /// and shutdown drains them all. Reloads never close them.
     pub(crate) tunnels: UpgradeTunnels,
+}
+
+impl Shared {
+    /// The parking lot of idle connections, started at the first call (on the current
+    /// runtime); `None` if it could not start (logged once).
+    pub(crate) fn parking(&self) -> Option<&ParkingLot<Parkable>> {
+        self.parking
+            .get_or_init(
+                || match ParkingLot::start(Handle::current(), http::resume) {
+                    Ok(lot) => Some(lot),
+                    Err(err) => {
+                        tracing::warn!("idle connections wait in tasks: no parking lot: {err}");
+                        None
+                    }
+                },
+            )
+            .as_ref()
+    }
 }
 
 /// Why the server could not start or run.
@@ -153,6 +176,7 @@ pub(crate) async fn run(
         conn_limit: Arc::new(Semaphore::new(*cfg.server.max_connections.get_ref())),
         shutdown: shutdown_rx,
         parked: Notify::new(),
+        parking: OnceLock::new(),
         draining: AtomicBool::new(false),
         tunnels,
     });
@@ -229,6 +253,11 @@ pub(crate) async fn run(
     shared.draining.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     shared.parked.notify_waiters();
+    // A lot not started yet never will be: connections then wait in their tasks, which
+    // see the shutdown. A connection parking from now on is closed.
+    if let Some(lot) = shared.parking.get_or_init(|| None) {
+        lot.close();
+    }
     for (_, r) in std::mem::take(&mut server.running) {
         r.stop().await;
     }

@@ -771,6 +771,31 @@ async fn releases(proxy: &Proxy, listener: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// `listener`'s connections parked now (idle, with no task and no buffer).
+async fn parked_now(proxy: &Proxy, listener: &str) -> i64 {
+    let text = common::metrics(proxy).await;
+    let key = format!("proxy_parked_connections{{listener=\"{listener}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Wait until `count` of `listener`'s connections are parked (polled, like `released`).
+async fn parked(proxy: &Proxy, listener: &str, count: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let seen = parked_now(proxy, listener).await;
+        if seen == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{listener}: {seen} parked, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Wait until `listener`'s connections have released their buffers `count` times in all
 /// (the counter is the only outside sign of it, so it is polled).
 async fn released(proxy: &Proxy, listener: &str, count: u64) {
@@ -831,9 +856,12 @@ async fn idle_connections_release_their_buffers_and_serve_on() {
         let mut tcp = TcpStream::connect(addr_of(&proxy, listener)).await.unwrap();
         get_ok(&mut tcp, "/first").await;
         released(&proxy, listener, 1).await;
+        // Plain TCP: it waits in the parking lot.
+        parked(&proxy, listener, 1).await;
         // The same socket, never closed: the next request goes to a new hyper connection.
         get_ok(&mut tcp, "/second").await;
         released(&proxy, listener, 2).await;
+        parked(&proxy, listener, 1).await;
 
         // Half a head, then a pause longer than the release delay (the slowness is the
         // point): no release while a head is being read, and the head is served whole.
@@ -941,6 +969,67 @@ async fn released_connections_still_idle_out_and_close_on_shutdown() {
     shut_down_while_released(proxy, &addr, 2).await;
 }
 
+/// Many parked connections: each resumes when its client sends a request (and only
+/// then), leaves the lot when its client closes, and is closed at its idle timeout.
+#[tokio::test]
+async fn parked_connections_resume_leave_and_idle_out() {
+    const N: usize = 20;
+    let upstream = echo("parked").await;
+    let dir = TempDir::new("parked");
+    let path = dir.write(
+        "proxy.toml",
+        &limited(
+            upstream,
+            "release_idle_buffers_after = \"100ms\"\nidle_timeout = \"3s\"",
+        ),
+    );
+    let proxy = Proxy::with_config(&path);
+    let addr = addr_of(&proxy, "web");
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        get_ok(&mut tcp, "/first").await;
+        clients.push(tcp);
+    }
+    parked(&proxy, "web", N as i64).await;
+
+    // Every other client asks again; the others stay parked meanwhile.
+    for tcp in clients.iter_mut().step_by(2) {
+        get_ok(tcp, "/again").await;
+    }
+    let asked_again = Instant::now();
+    released(&proxy, "web", (N + N / 2) as u64).await;
+    parked(&proxy, "web", N as i64).await;
+
+    // Five clients leave: their connections leave the lot (and close).
+    let open_before = open_connections(&proxy, "web").await;
+    for tcp in clients.drain(..5) {
+        drop(tcp);
+    }
+    parked(&proxy, "web", (N - 5) as i64).await;
+    assert_eq!(open_connections(&proxy, "web").await, open_before - 5);
+
+    // The rest are closed at their idle timeout (3 s after their last request).
+    for tcp in &mut clients {
+        closed_after(tcp).await;
+    }
+    let waited = asked_again.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "closed early: {waited:?}"
+    );
+    parked(&proxy, "web", 0).await;
+}
+
+/// `listener`'s open client connections (scrapes go to the admin listener).
+async fn open_connections(proxy: &Proxy, listener: &str) -> i64 {
+    let text = common::metrics(proxy).await;
+    let key = format!("proxy_open_connections{{listener=\"{listener}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// Release a new connection on `proxy`'s `web` listener (its `released_count`-th release),
 /// then shut the proxy down: the connection is closed at once, and the server exits
 /// without waiting out its shutdown timeout (30 s).
@@ -1027,6 +1116,8 @@ async fn tls_connections_release_their_buffers_and_serve_on() {
     let mut tls = h1.connect(&addr).await;
     get_ok(&mut tls, "/one").await;
     released(&proxy, "secure", 1).await;
+    // TLS connections wait in their tasks, not in the parking lot.
+    assert_eq!(parked_now(&proxy, "secure").await, 0);
     get_ok(&mut tls, "/two").await;
     released(&proxy, "secure", 2).await;
 }

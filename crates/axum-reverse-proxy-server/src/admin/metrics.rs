@@ -88,6 +88,7 @@ pub(crate) struct ListenerMetrics {
     pub(crate) accepted: Counter,
     pub(crate) refused: Counter,
     pub(crate) idle_releases: Counter,
+    pub(crate) parked: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,6 +148,7 @@ pub(crate) struct Metrics {
     connections: Family<ListenerLabels, Counter>,
     refused: Family<ListenerLabels, Counter>,
     idle_releases: Family<ListenerLabels, Counter>,
+    parked: Family<ListenerLabels, Gauge>,
     pub(crate) reloads: Family<ResultLabels, Counter>,
     endpoint_healthy: Family<EndpointLabels, Gauge>,
     endpoint_ejected: Family<EndpointLabels, Gauge>,
@@ -173,6 +175,7 @@ impl Metrics {
         let connections = Family::<ListenerLabels, Counter>::default();
         let refused = Family::<ListenerLabels, Counter>::default();
         let idle_releases = Family::<ListenerLabels, Counter>::default();
+        let parked = Family::<ListenerLabels, Gauge>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "proxy_requests",
@@ -208,6 +211,12 @@ impl Metrics {
             "proxy_idle_buffer_releases",
             "Idle HTTP/1.1 client connections that gave back their buffers",
             idle_releases.clone(),
+        );
+        registry.register(
+            "proxy_parked_connections",
+            "Idle HTTP/1.1 client connections waiting for their next request with no task \
+             and no buffer",
+            parked.clone(),
         );
         registry.register(
             "proxy_config_reloads",
@@ -281,6 +290,7 @@ impl Metrics {
             connections,
             refused,
             idle_releases,
+            parked,
             reloads,
         }
     }
@@ -295,6 +305,7 @@ impl Metrics {
             accepted: self.connections.get_or_create(&labels).clone(),
             refused: self.refused.get_or_create(&labels).clone(),
             idle_releases: self.idle_releases.get_or_create(&labels).clone(),
+            parked: self.parked.get_or_create(&labels).clone(),
         }
     }
 

@@ -35,10 +35,11 @@ use prometheus_client::metrics::gauge::Gauge;
 ///
 /// Everything up to the first HTTP/1.1 request (the TLS handshake, the first read) and
 /// a whole HTTP/2 connection run in a box that is freed once they are over, and so does
-/// each stretch of HTTP/1.1 requests ([`Conn::until_idle`]): the task of an idle
-/// HTTP/1.1 connection keeps only a [`Conn`], its stream and the wait for the next
-/// request: 512 bytes with tokio's task header (`-Zprint-type-sizes`; it was 2.3 KiB
-/// when the whole connection ran in the task).
+/// each stretch of HTTP/1.1 requests ([`Conn::until_idle`]). Between stretches a plain
+/// TCP connection has no task at all ([`super::parking`]); the task of an idle TLS one
+/// keeps only a [`Conn`], its stream and the wait for the next request: 512 bytes with
+/// tokio's task header (`-Zprint-type-sizes`; it was 2.3 KiB when the whole connection
+/// ran in the task).
 pub(crate) fn serve(
     shared: Arc<Shared>,
     listener: Arc<str>,
@@ -50,28 +51,109 @@ pub(crate) fn serve(
 ) -> impl Future<Output = ()> + Send + 'static {
     let (permit, drain_token) = hold;
     let opened = Box::pin(open(shared, listener, metrics, settings, tcp, peer, permit));
-    // The HTTP/1.1 loop is written out here, not in an `async fn` of its own: each level
-    // of `async fn` would keep its own copy of the connection's state in the task.
-    // (`let … else`, not `if let` or `while let`: their matched values would be kept
-    // in the task as well, moved out of or not.)
     async move {
-        // Moved in, and released when the connection is over (without a copy of its own
-        // in the task: a `let` would keep one beside the captured one).
-        let _ = &drain_token;
-        let Some((conn, mut io)) = opened.await else {
+        // (`let … else`, not `if let`: a value matched by `if let` would be kept in the
+        // task to the end of the block, moved out of or not.)
+        let Some((conn, io)) = opened.await else {
             return;
         };
+        serve_http1(conn, io, drain_token, Next::Buffered).await;
+    }
+}
+
+/// The token a connection holds until it is over, for the drain at shutdown.
+type DrainToken = mpsc::Sender<()>;
+
+/// Where an HTTP/1.1 connection is between stretches of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The first bytes of its next request are in its stream already.
+    Buffered,
+    /// It has just released its buffers, with nothing of a next request read.
+    Released,
+    /// Its socket has become readable while it was parked.
+    Readable,
+}
+
+/// Serve an HTTP/1.1 connection from `next`. Between stretches of requests a released
+/// plain-TCP connection parks (see [`super::parking`]): this task ends, and a new one is
+/// spawned by [`resume`] when the client sends again. A TLS connection waits here
+/// instead ([`Conn::wait_for_request`]).
+///
+/// A plain `fn` returning an `async` block, not an `async fn`: an `async fn` keeps a copy
+/// of each argument beside the original in its state, in every idle TLS connection's
+/// task (640 bytes instead of 512 with tokio's header).
+#[expect(clippy::manual_async_fn, reason = "an `async fn` copies its arguments")]
+fn serve_http1(
+    conn: Conn,
+    mut io: Io,
+    drain_token: DrainToken,
+    mut next: Next,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
         loop {
+            if next == Next::Released && conn.can_park(&io) {
+                conn.park(io, drain_token);
+                return;
+            }
+            if next != Next::Buffered && !conn.wait_for_request(&mut io).await {
+                let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+                return;
+            }
             let Some((stream, ready)) = Box::pin(conn.until_idle(io)).await else {
                 return;
             };
             io = stream;
-            if !ready && !conn.wait_for_request(&mut io).await {
-                let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
-                return;
-            }
+            next = if ready {
+                Next::Buffered
+            } else {
+                Next::Released
+            };
         }
     }
+}
+
+/// What a parked connection keeps while it has no task (see [`super::parking`]).
+pub(crate) struct Parkable {
+    conn: Conn,
+    drain_token: DrainToken,
+    _counted: ParkedCount,
+}
+
+/// A parked connection in its listener's `proxy_parked_connections` gauge.
+struct ParkedCount(Gauge);
+
+impl ParkedCount {
+    fn new(gauge: &Gauge) -> ParkedCount {
+        gauge.inc();
+        ParkedCount(gauge.clone())
+    }
+}
+
+impl Drop for ParkedCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serve a parked connection whose client has sent something (its next request, or the
+/// end of the stream), in a task of its own again (called in the runtime's context).
+pub(crate) fn resume(parked: Parkable, socket: std::net::TcpStream) {
+    let Parkable {
+        conn, drain_token, ..
+    } = parked;
+    let socket = match TcpStream::from_std(socket) {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::debug!(peer = %conn.info.peer, "cannot resume a parked connection: {err}");
+            return;
+        }
+    };
+    let io = Prefixed::new(
+        Vec::new(),
+        Watched::new(Either::Left(socket), conn.watch.clone()),
+    );
+    tokio::spawn(serve_http1(conn, io, drain_token, Next::Readable));
 }
 
 /// A client connection's byte stream: TCP (`Left`), or TLS over TCP (`Right`; boxed, as
@@ -279,18 +361,51 @@ impl Conn {
         .await;
     }
 
+    /// When the connection, idle now, idles out.
+    fn idle_until(&self) -> Instant {
+        let idle = self.settings.limits.idle;
+        self.watch
+            .activity()
+            .idle_deadline(idle)
+            .unwrap_or_else(|| Instant::now() + idle)
+    }
+
+    /// Whether a released connection waits for its next request in the server's parking
+    /// lot: a plain TCP one, with no bytes of its next request read already, when the lot
+    /// is running.
+    fn can_park(&self, io: &Io) -> bool {
+        io.is_drained()
+            && matches!(io.io.get_ref(), Either::Left(_))
+            && self.shared.parking().is_some()
+    }
+
+    /// Park a released connection (see [`Conn::can_park`]) until its client sends again
+    /// or it idles out; it is closed if it cannot park (on shutdown).
+    fn park(self, io: Io, drain_token: DrainToken) {
+        let until = self.idle_until();
+        let Either::Left(socket) = io.io.into_inner() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let Some(lot) = shared.parking() else {
+            return;
+        };
+        let _counted = ParkedCount::new(&self.metrics.parked);
+        let parked = Parkable {
+            conn: self,
+            drain_token,
+            _counted,
+        };
+        if let Err((err, parked)) = lot.park(socket, until, parked) {
+            tracing::debug!(peer = %parked.conn.info.peer, "connection closed, not parked: {err}");
+        }
+    }
+
     /// Wait, holding no buffer, for the first bytes of a released connection's next
     /// request, and put them back in `io`; `false` when the client leaves, the
     /// connection idles out, or on shutdown.
     async fn wait_for_request(&self, io: &mut Io) -> bool {
-        // In a block: a local `idle` would stay in the task while it waits.
-        let idle_until = {
-            let idle = self.settings.limits.idle;
-            self.watch
-                .activity()
-                .idle_deadline(idle)
-                .unwrap_or_else(|| Instant::now() + idle)
-        };
+        let idle_until = self.idle_until();
         // Registered before the flag is read: a shutdown after the read still wakes it.
         let mut shutdown = std::pin::pin!(self.shared.parked.notified());
         shutdown.as_mut().enable();
@@ -439,6 +554,11 @@ struct Prefixed<I> {
 impl<I> Prefixed<I> {
     fn new(prefix: Vec<u8>, io: I) -> Prefixed<I> {
         Prefixed { prefix, at: 0, io }
+    }
+
+    /// No bytes put back are left to read.
+    fn is_drained(&self) -> bool {
+        self.at >= self.prefix.len()
     }
 
     /// Put bytes read from the stream back in front of what is left to read.

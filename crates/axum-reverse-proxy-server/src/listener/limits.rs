@@ -318,6 +318,14 @@ impl<I> Watched<I> {
     pub(crate) fn new(io: I, watch: Arc<Watch>) -> Watched<I> {
         Watched { io, watch }
     }
+
+    pub(crate) fn get_ref(&self) -> &I {
+        &self.io
+    }
+
+    pub(crate) fn into_inner(self) -> I {
+        self.io
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {

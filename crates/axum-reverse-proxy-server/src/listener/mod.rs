@@ -18,6 +18,7 @@ use crate::server::Shared;
 
 pub(crate) mod http;
 pub(crate) mod limits;
+pub(crate) mod parking;
 pub(crate) mod tls;
 
 /// What a connection needs to know about its listener, swappable on reload.

@@ -30,10 +30,10 @@
 //! request of a busy connection ever takes it.
 //!
 //! Per parked connection the lot keeps the socket, its deadline and the state in a slab
-//! (80 bytes here) and the deadline again in an ordered set (~20 bytes); the kernel's
-//! epoll item is not in the process's memory. Parking
-//! and resuming cost four `epoll_ctl` calls, a wake-up of the thread when the deadline
-//! is the soonest, and a task spawn.
+//! (80 bytes here) and the deadline again in an ordered set (about 25 bytes); the
+//! kernel's epoll item is not in the process's memory. Parking and resuming cost four
+//! `epoll_ctl` calls, a wake-up of the thread when the deadline is the soonest, and a
+//! task spawn.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -54,7 +54,8 @@ const EVENTS_PER_WAIT: usize = 256;
 /// The token of the lot's [`Waker`]; connections' tokens are their keys in the slab.
 const WAKE: Token = Token(usize::MAX);
 
-/// A handle on the parking lot. Dropping it closes the lot.
+/// A handle on the parking lot. Dropping it stops the thread, which closes what is
+/// parked.
 pub(crate) struct ParkingLot<T> {
     lot: Arc<Lot<T>>,
 }

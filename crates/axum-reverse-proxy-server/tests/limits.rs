@@ -762,22 +762,24 @@ async fn the_limits_hold_on_tls_listeners() {
 
 // ===== idle buffer release =====
 
-/// `proxy_idle_buffer_releases_total` for `listener`, from the admin API.
-async fn releases(proxy: &Proxy, listener: &str) -> u64 {
+/// The per-listener metric `name` for `listener`, from the admin API (0 if absent).
+async fn listener_metric(proxy: &Proxy, name: &str, listener: &str) -> i64 {
     let text = common::metrics(proxy).await;
-    let key = format!("proxy_idle_buffer_releases_total{{listener=\"{listener}\"}} ");
+    let key = format!("{name}{{listener=\"{listener}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(key.as_str()))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// `proxy_idle_buffer_releases_total` for `listener`.
+async fn releases(proxy: &Proxy, listener: &str) -> u64 {
+    let count = listener_metric(proxy, "proxy_idle_buffer_releases_total", listener).await;
+    u64::try_from(count).unwrap()
+}
+
 /// `listener`'s connections parked now (idle, with no task and no buffer).
 async fn parked_now(proxy: &Proxy, listener: &str) -> i64 {
-    let text = common::metrics(proxy).await;
-    let key = format!("proxy_parked_connections{{listener=\"{listener}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key.as_str()))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    listener_metric(proxy, "proxy_parked_connections", listener).await
 }
 
 /// Wait until `count` of `listener`'s connections are parked (polled, like `released`).
@@ -1023,11 +1025,7 @@ async fn parked_connections_resume_leave_and_idle_out() {
 
 /// `listener`'s open client connections (scrapes go to the admin listener).
 async fn open_connections(proxy: &Proxy, listener: &str) -> i64 {
-    let text = common::metrics(proxy).await;
-    let key = format!("proxy_open_connections{{listener=\"{listener}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key.as_str()))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    listener_metric(proxy, "proxy_open_connections", listener).await
 }
 
 /// Release a new connection on `proxy`'s `web` listener (its `released_count`-th release),

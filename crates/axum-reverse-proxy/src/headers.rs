@@ -176,6 +176,21 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
     insert_text(headers, name, value);
 }
 
+/// A bit of its own for each of the four forwarding headers; 0 for any other name.
+fn forwarding_bit(name: &HeaderName) -> u8 {
+    if *name == FORWARDED {
+        1
+    } else if *name == X_FORWARDED_FOR {
+        2
+    } else if *name == X_FORWARDED_HOST {
+        4
+    } else if *name == X_FORWARDED_PROTO {
+        8
+    } else {
+        0
+    }
+}
+
 /// Insert `text` as the value of `name` without copying it (invalid text is dropped).
 fn insert_text(headers: &mut HeaderMap, name: HeaderName, text: String) {
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(text)) {
@@ -230,12 +245,19 @@ pub(crate) fn apply_forwarding(
     x_forwarded: bool,
     forwarded: bool,
 ) {
-    if !trusted {
+    // Which of the four the client sent, in one pass over the names rather than a hashed
+    // lookup of each (most requests carry none of them).
+    let mut sent = headers
+        .keys()
+        .fold(0u8, |sent, name| sent | forwarding_bit(name));
+    if !trusted && sent != 0 {
         headers.remove(X_FORWARDED_FOR);
         headers.remove(X_FORWARDED_HOST);
         headers.remove(X_FORWARDED_PROTO);
         headers.remove(FORWARDED);
+        sent = 0;
     }
+    let present = |name: &HeaderName| sent & forwarding_bit(name) != 0;
     let Some(peer) = info.peer else { return };
     let mut v4_buf = [0u8; 15];
     let v6_text;
@@ -247,17 +269,17 @@ pub(crate) fn apply_forwarding(
         }
     };
     if x_forwarded {
-        if headers.contains_key(X_FORWARDED_FOR) {
+        if present(&X_FORWARDED_FOR) {
             append_list(headers, X_FORWARDED_FOR, ip);
         } else if let Ok(value) = HeaderValue::from_str(ip) {
             headers.insert(X_FORWARDED_FOR, value);
         }
         if let Some(host) = info.host
-            && !headers.contains_key(X_FORWARDED_HOST)
+            && !present(&X_FORWARDED_HOST)
         {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        if !headers.contains_key(X_FORWARDED_PROTO) {
+        if !present(&X_FORWARDED_PROTO) {
             let proto = match info.proto {
                 "http" => Ok(HeaderValue::from_static("http")),
                 "https" => Ok(HeaderValue::from_static("https")),
@@ -298,7 +320,7 @@ pub(crate) fn apply_forwarding(
         }
         element.push_str(";proto=");
         element.push_str(info.proto);
-        if headers.contains_key(FORWARDED) {
+        if present(&FORWARDED) {
             append_list(headers, FORWARDED, &element);
         } else {
             insert_text(headers, FORWARDED, element);

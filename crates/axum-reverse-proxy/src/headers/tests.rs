@@ -213,3 +213,102 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Untrusted, whatever the client sent of the four forwarding headers (on one line or
+    /// several, among other fields) is replaced by exactly one line each, ours; the other
+    /// fields stay (`HeaderMap::remove` may reorder them).
+    #[test]
+    fn forwarding_untrusted_leaves_only_ours(
+        sent in proptest::collection::vec(
+            (
+                proptest::sample::select(&[
+                    "x-forwarded-for",
+                    "x-forwarded-host",
+                    "x-forwarded-proto",
+                    "forwarded",
+                    "x-forwarded",
+                    "accept",
+                    "host",
+                ][..]),
+                "[a-z0-9.=;]{0,8}",
+            ),
+            0..8,
+        ),
+    ) {
+        let pairs: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let mut h = map(&pairs);
+        let others = |h: &HeaderMap| {
+            h.iter()
+                .filter(|(n, _)| forwarding_bit(n) == 0)
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let sorted = |mut fields: Vec<_>| {
+            fields.sort();
+            fields
+        };
+        let before = others(&h);
+        let host = HeaderValue::from_static("example.com");
+        let info = ClientInfo {
+            peer: Some("10.0.0.2".parse().unwrap()),
+            host: Some(&host),
+            proto: "https",
+        };
+        apply_forwarding(&mut h, &info, false, true, true);
+        prop_assert_eq!(sorted(others(&h)), sorted(before));
+        let one = |name: &str| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+        prop_assert_eq!(one("x-forwarded-for"), vec!["10.0.0.2".to_owned()]);
+        prop_assert_eq!(one("x-forwarded-host"), vec!["example.com".to_owned()]);
+        prop_assert_eq!(one("x-forwarded-proto"), vec!["https".to_owned()]);
+        prop_assert_eq!(
+            one("forwarded"),
+            vec!["for=10.0.0.2;host=\"example.com\";proto=https".to_owned()]
+        );
+    }
+
+    /// Trusted, what the client sent stays: its X-Forwarded-Host and -Proto as they were,
+    /// and our address appended to its X-Forwarded-For and Forwarded.
+    #[test]
+    fn forwarding_trusted_keeps_what_was_sent(
+        sent in proptest::collection::vec(
+            (
+                proptest::sample::select(&[
+                    "x-forwarded-for",
+                    "x-forwarded-host",
+                    "x-forwarded-proto",
+                    "forwarded",
+                    "accept",
+                ][..]),
+                "[a-z0-9.=]{1,8}",
+            ),
+            0..6,
+        ),
+    ) {
+        let pairs: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let mut h = map(&pairs);
+        let host = HeaderValue::from_static("example.com");
+        let info = ClientInfo {
+            peer: Some("10.0.0.2".parse().unwrap()),
+            host: Some(&host),
+            proto: "https",
+        };
+        apply_forwarding(&mut h, &info, true, true, true);
+        let sent_of = |name: &str| sent.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        let now = |name: &str| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+        for name in ["x-forwarded-host", "x-forwarded-proto"] {
+            let expected = if sent_of(name).is_empty() {
+                vec![if name == "x-forwarded-host" { "example.com".to_owned() } else { "https".to_owned() }]
+            } else {
+                sent_of(name)
+            };
+            prop_assert_eq!(now(name), expected);
+        }
+        let mut xff = sent_of("x-forwarded-for");
+        xff.push("10.0.0.2".to_owned());
+        prop_assert_eq!(now("x-forwarded-for"), vec![xff.join(", ")]);
+        let mut fwd = sent_of("forwarded");
+        fwd.push("for=10.0.0.2;host=\"example.com\";proto=https".to_owned());
+        prop_assert_eq!(now("forwarded"), vec![fwd.join(", ")]);
+    }
+}

@@ -229,6 +229,11 @@ where
                 .as_deref()
                 .or(parts.uri.scheme_str())
                 .unwrap_or("http");
+            // Room for what is added, in one step: a map grown one field at a time
+            // reallocates and re-indexes at every doubling.
+            parts
+                .headers
+                .reserve(3 * usize::from(x_forwarded) + usize::from(policy.forwarded));
             let info = ClientInfo {
                 peer,
                 host: client_host.as_ref(),

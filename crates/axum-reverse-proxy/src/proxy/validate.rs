@@ -97,16 +97,27 @@ fn bad(why: &'static str) -> ProxyError {
 // ===== Framing =====
 
 fn framing(headers: &mut HeaderMap, version: Version) -> Result<(), ProxyError> {
-    if headers.keys().any(imitates_framing) {
-        return Err(bad(
-            "a field name imitates Content-Length or Transfer-Encoding",
-        ));
+    // One pass over the names instead of a lookup per framing field: most requests
+    // carry neither, and a pass over a handful of names is cheaper than two hashes.
+    let (mut chunked_or_coded, mut length) = (false, false);
+    for name in headers.keys() {
+        if name == header::TRANSFER_ENCODING {
+            chunked_or_coded = true;
+        } else if name == header::CONTENT_LENGTH {
+            length = true;
+        } else if imitates_framing(name) {
+            return Err(bad(
+                "a field name imitates Content-Length or Transfer-Encoding",
+            ));
+        }
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if chunked_or_coded {
         transfer_codings(headers, version)?;
         // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
-        headers.remove(header::CONTENT_LENGTH);
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        if length {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    } else if length {
         content_length(headers)?;
     }
     Ok(())
@@ -202,16 +213,14 @@ fn target(parts: &mut Parts, require_host: bool) -> Result<(), ProxyError> {
     if hosts.next().is_some() {
         return Err(bad("more than one Host"));
     }
+    let has_host = host.is_some();
     let host = host.filter(|h| !h.is_empty());
     if host.as_ref().is_some_and(|h| !valid_host(h.as_bytes())) {
         return Err(bad("invalid Host"));
     }
     let http1 = parts.version < Version::HTTP_2;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused, whatever its target.
-    if require_host
-        && parts.version == Version::HTTP_11
-        && !parts.headers.contains_key(header::HOST)
-    {
+    if require_host && parts.version == Version::HTTP_11 && !has_host {
         return Err(bad("HTTP/1.1 request without Host"));
     }
     match parts.uri.authority() {
@@ -246,7 +255,7 @@ fn target(parts: &mut Parts, require_host: bool) -> Result<(), ProxyError> {
         }
         None => {}
     }
-    if host.is_none() {
+    if has_host && host.is_none() {
         // An empty Host says there is no authority: the same as none.
         parts.headers.remove(header::HOST);
     }
@@ -286,23 +295,39 @@ fn valid_host(value: &[u8]) -> bool {
 fn reg_name(host: &[u8]) -> bool {
     let mut bytes = host.iter().enumerate();
     while let Some((i, &b)) = bytes.next() {
-        let ok = match b {
-            b'%' => {
-                let hex = host.get(i + 1..i + 3);
-                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                bytes.nth(1);
-                true
-            }
-            _ => b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b),
-        };
-        if !ok {
+        if REG_NAME[usize::from(b)] {
+            continue;
+        }
+        if b != b'%' {
             return false;
         }
+        let hex = host.get(i + 1..i + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            return false;
+        }
+        bytes.nth(1);
     }
     true
 }
+
+/// The bytes a reg-name takes as themselves: unreserved and sub-delims (`%` starts a
+/// pct-encoding and is checked apart). A table, as `Host` is checked on every request.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~!$&'()*+,;=";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests;

@@ -202,3 +202,59 @@ fn request_targets() {
         0
     );
 }
+
+/// RFC 3986 reg-name, spelled out: the reference the table-driven check must agree with.
+fn reg_name_by_the_rfc(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        let b = host[i];
+        if b == b'%' {
+            match host.get(i + 1..i + 3) {
+                Some(h) if h.iter().all(u8::is_ascii_hexdigit) => i += 3,
+                _ => return false,
+            }
+            continue;
+        }
+        let unreserved = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+        if !unreserved && !b"!$&'()*+,;=".contains(&b) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+proptest::proptest! {
+    #[test]
+    fn reg_name_agrees_with_the_rfc(host in proptest::collection::vec(proptest::num::u8::ANY, 0..24)) {
+        proptest::prop_assert_eq!(reg_name(&host), reg_name_by_the_rfc(&host));
+    }
+
+    #[test]
+    fn reg_name_agrees_on_likely_bytes(host in "[a-zA-Z0-9%._~:@/ -]{0,16}") {
+        proptest::prop_assert_eq!(reg_name(host.as_bytes()), reg_name_by_the_rfc(host.as_bytes()));
+    }
+}
+
+#[test]
+fn framing_fields_in_any_order() {
+    // The look-alike is refused wherever it stands among the real framing fields.
+    assert_eq!(
+        h11(&[
+            ("host", "h"),
+            ("transfer-encoding", "chunked"),
+            ("content_length", "5")
+        ]),
+        400
+    );
+    // Content-Length beside Transfer-Encoding goes, whichever comes first.
+    for order in [
+        [("content-length", "5"), ("transfer-encoding", "chunked")],
+        [("transfer-encoding", "chunked"), ("content-length", "5")],
+    ] {
+        let mut p = parts("POST", "/a", Version::HTTP_11, &order);
+        p.headers.insert("host", HeaderValue::from_static("h"));
+        validate_request(&mut p).unwrap();
+        assert!(!p.headers.contains_key("content-length"));
+    }
+}

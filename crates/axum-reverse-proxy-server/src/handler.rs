@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum_reverse_proxy::TunnelGuard;
-use http::header::{CONNECTION, HOST, TE, UPGRADE};
+use http::header::{CONNECTION, Entry as HeaderEntry, HOST};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use tower::ServiceExt;
@@ -165,6 +165,9 @@ where
     let time = SystemTime::now();
     let in_flight = InFlight::new(conn.watch.clone());
     let (mut parts, body) = req.into_parts();
+    // Room, in one step, for the request id and the library's four forwarding fields:
+    // grown a field at a time, the map would reallocate and re-index twice.
+    parts.headers.reserve(5);
     let method = parts.method.clone();
 
     // Framing, target and Host first (RFC 9112 §3.2): routing reads Host, and the
@@ -175,11 +178,18 @@ where
         drop_connection_options(&mut parts.headers);
     }
 
-    let request_id = match parts.headers.get(&REQUEST_ID) {
-        Some(v) if valid_request_id(v) => v.clone(),
-        _ => new_request_id(),
+    // One lookup for both the read and the write; repeated lines become one.
+    let request_id = match parts.headers.entry(&REQUEST_ID) {
+        HeaderEntry::Occupied(mut sent) => {
+            let id = match sent.get() {
+                v if valid_request_id(v) => v.clone(),
+                _ => new_request_id(),
+            };
+            sent.insert(id.clone());
+            id
+        }
+        HeaderEntry::Vacant(none) => none.insert(new_request_id()).clone(),
     };
-    parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
     // The target as received, for the access log and the span (shares its bytes).
     let uri = parts.uri.clone();
     let log_on = shared.access_log.is_on();
@@ -358,36 +368,55 @@ fn refusal(err: axum_reverse_proxy::ProxyError, version: http::Version) -> Respo
 /// the upgrade, `te` for `TE: trailers`, and `Host` for the library's forwarding headers:
 /// the library handles those itself.
 fn drop_connection_options(headers: &mut HeaderMap) {
-    if !headers.contains_key(CONNECTION) {
+    let mut lines = headers.get_all(CONNECTION).iter();
+    let Some(first) = lines.next().cloned() else {
         return;
-    }
-    let mut kept: Vec<String> = Vec::new();
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        match HeaderName::from_bytes(token.as_bytes()) {
-            Ok(name) if name != UPGRADE && name != TE && name != HOST => named.push(name),
-            _ => kept.push(token.to_owned()),
-        }
-    }
-    if named.is_empty() {
+    };
+    // Most requests have one `Connection` line: the rest is empty, and allocates nothing.
+    let rest: Vec<HeaderValue> = lines.cloned().collect();
+    let all = || {
+        std::iter::once(&first)
+            .chain(&rest)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    };
+    if !all().any(names_an_option) {
         return;
-    }
-    for name in &named {
-        headers.remove(name);
     }
     headers.remove(CONNECTION);
+    let mut kept = String::new();
+    for token in all() {
+        if names_an_option(token) {
+            // By `&str`: looked up case-insensitively, with no `HeaderName` allocated.
+            headers.remove(token);
+        } else {
+            if !kept.is_empty() {
+                kept.push_str(", ");
+            }
+            kept.push_str(token);
+        }
+    }
     if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+        && let Ok(value) = HeaderValue::from_str(&kept)
     {
         headers.insert(CONNECTION, value);
     }
+}
+
+/// Whether a `Connection` token names a field for [`drop_connection_options`] to remove:
+/// a valid field name other than `upgrade`, `te` and `host`, which the library handles.
+fn names_an_option(token: &str) -> bool {
+    let handled = ["upgrade", "te", "host"]
+        .iter()
+        .any(|name| token.eq_ignore_ascii_case(name));
+    // `close` and `keep-alive` are by far the most common: valid, without the check
+    // (which allocates for names `http` does not know).
+    !handled
+        && (token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case("keep-alive")
+            || HeaderName::from_bytes(token.as_bytes()).is_ok())
 }
 
 /// Make the URI's scheme say what the connection is, whatever the client wrote
@@ -472,6 +501,28 @@ mod tests {
         let mut h = headers(&[("connection", "keep-alive"), ("keep-alive", "5")]);
         drop_connection_options(&mut h);
         assert!(h.is_empty(), "{h:?}");
+        // Case-insensitive, whether `http` knows the name or not.
+        let mut h = headers(&[
+            ("connection", "CLOSE, X-Custom"),
+            ("close", "1"),
+            ("x-custom", "2"),
+            ("x-b", "3"),
+        ]);
+        drop_connection_options(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-b"));
+        // Only what the library handles, or no field name at all: left as it was.
+        for value in ["upgrade", "Upgrade, TE", "a b", "upgrade, é"] {
+            let mut h = headers(&[("connection", value), ("upgrade", "websocket")]);
+            drop_connection_options(&mut h);
+            assert_eq!(h["connection"], value);
+            assert_eq!(h.len(), 2);
+        }
+        // An invalid token is kept beside the valid ones that go.
+        let mut h = headers(&[("connection", "a b, x-a"), ("x-a", "1")]);
+        drop_connection_options(&mut h);
+        assert_eq!(h["connection"], "a b");
+        assert!(!h.contains_key("x-a"));
     }
 
     #[test]

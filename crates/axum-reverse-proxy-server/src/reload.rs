@@ -49,8 +49,9 @@ pub(crate) struct Snapshot {
     pub(crate) generation: u64,
     pub(crate) loaded: Loaded,
     pub(crate) pools: BTreeMap<String, Arc<BuiltPool>>,
-    /// Route table per listener name.
-    pub(crate) tables: HashMap<String, Arc<RouteTable<Arc<Route>>>>,
+    /// Route table per listener name. Looked up on every request: a B-tree of a few
+    /// names costs a comparison or two, where a `HashMap` would SipHash the name.
+    pub(crate) tables: BTreeMap<String, Arc<RouteTable<Arc<Route>>>>,
     /// rustls configuration per TLS listener name.
     pub(crate) tls: HashMap<String, Arc<rustls::ServerConfig>>,
 }
@@ -101,7 +102,7 @@ impl Snapshot {
             return Err(loaded.place(errors));
         }
 
-        let mut tables: HashMap<String, RouteTable<Arc<Route>>> = cfg
+        let mut tables: BTreeMap<String, RouteTable<Arc<Route>>> = cfg
             .listeners
             .keys()
             .map(|name| (name.get_ref().clone(), RouteTable::default()))

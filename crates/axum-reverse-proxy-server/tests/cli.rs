@@ -260,4 +260,17 @@ async fn one_line_mode_proxies_everything() {
     assert_eq!(id.len(), 32, "{id}");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["headers"]["x-request-id"], id.as_str());
+
+    // Repeated lines: the first is the id, and the only line sent on.
+    let resp = client()
+        .get(format!("{front}/"))
+        .header("x-request-id", "first-1")
+        .header("x-request-id", "second-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers().get_all("x-request-id").iter().count(), 1);
+    assert_eq!(resp.headers()["x-request-id"], "first-1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["x-request-id"], "first-1");
 }

@@ -412,7 +412,9 @@ where
         } else {
             uri::join_path_and_query("", &target, "/", req.uri().query(), false)
         };
-        self.forwarder.forward(&target, req, path_and_query).await
+        self.forwarder
+            .forward(&target, req, path_and_query, None)
+            .await
     }
 }
 

@@ -418,6 +418,18 @@ async fn consistent_hash_is_sticky_per_key() {
             answers.insert(text(call(&by_ip, req).await).await);
         }
         assert_eq!(answers.len(), 1, "ip {ip} was not sticky");
+        // Given directly rather than in ConnectInfo, the address hashes the same.
+        let given = text(
+            by_ip
+                .proxy_request_from(SocketAddr::new(addr.ip(), 3), request("/"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            answers.contains(&given),
+            "ip {ip}: {given} not in {answers:?}"
+        );
         seen.extend(answers);
     }
     assert!(seen.len() >= 2);

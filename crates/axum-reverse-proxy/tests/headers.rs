@@ -288,6 +288,48 @@ async fn no_forwarding_headers_without_connect_info() {
     assert!(!origin.next().await.has("x-forwarded-for"));
 }
 
+#[tokio::test]
+async fn a_client_address_given_in_process_is_the_peer() {
+    let mut origin = Upstream::start().await;
+    let listed = TrustedProxies::list(["203.0.113.0/24"]).unwrap();
+    let proxy = ReverseProxy::new("/", origin.url("")).with_policy(
+        ProxyPolicy::new()
+            .with_forwarded(true)
+            .with_trusted_proxies(listed),
+    );
+    let client: SocketAddr = "203.0.113.7:4000".parse().unwrap();
+
+    // No ConnectInfo at all: the given address is the peer, and a trusted one.
+    let res = proxy
+        .proxy_request_from(client, in_process(&[("x-forwarded-for", "198.51.100.1")]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = origin.next().await;
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        [b"198.51.100.1, 203.0.113.7"]
+    );
+    assert_eq!(
+        seen.header("forwarded"),
+        Some("for=203.0.113.7;host=\"in.process\";proto=http")
+    );
+
+    // The given address wins over a ConnectInfo; an untrusted one loses the client's list.
+    let mut req = in_process(&[("x-forwarded-for", "198.51.100.1")]);
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(client));
+    let other: SocketAddr = "[2001:db8::5]:9".parse().unwrap();
+    let res = proxy.proxy_request_from(other, req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let seen = origin.next().await;
+    assert_eq!(seen.header_all("x-forwarded-for"), [b"2001:db8::5"]);
+    assert_eq!(
+        seen.header("forwarded"),
+        Some("for=\"[2001:db8::5]\";host=\"in.process\";proto=http")
+    );
+}
+
 // ===== Forwarded (RFC 7239) =====
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -276,12 +277,22 @@ where
     /// For the selection benchmarks: not part of the API, may change at any time.
     #[doc(hidden)]
     pub fn __select_for_bench(&self, req: &Request<Body>) -> bool {
-        self.shared.choose(req).is_some()
+        self.shared.choose(req, None).is_some()
     }
 
     /// Forward one request; for use inside ordinary handlers.
     pub async fn proxy_request(&self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
-        Ok(Arc::clone(&self.shared).handle(req).await)
+        Ok(Arc::clone(&self.shared).handle(req, None).await)
+    }
+
+    /// Forward one request from the client at `client`, without axum's `ConnectInfo`
+    /// extension (see [`ReverseProxy::proxy_request_from`](crate::ReverseProxy::proxy_request_from)).
+    pub async fn proxy_request_from(
+        &self,
+        client: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Infallible> {
+        Ok(Arc::clone(&self.shared).handle(req, Some(client)).await)
     }
 }
 
@@ -299,6 +310,6 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move { Ok(shared.handle(req).await) })
+        Box::pin(async move { Ok(shared.handle(req, None).await) })
     }
 }

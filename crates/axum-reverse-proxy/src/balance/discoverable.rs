@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::{Future, poll_fn};
 use std::hash::Hash;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -300,7 +301,17 @@ where
 
     /// Forward one request; for use inside ordinary handlers.
     pub async fn proxy_request(&self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
-        Ok(Arc::clone(&self.shared).handle(req).await)
+        Ok(Arc::clone(&self.shared).handle(req, None).await)
+    }
+
+    /// Forward one request from the client at `client`, without axum's `ConnectInfo`
+    /// extension (see [`ReverseProxy::proxy_request_from`](crate::ReverseProxy::proxy_request_from)).
+    pub async fn proxy_request_from(
+        &self,
+        client: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Infallible> {
+        Ok(Arc::clone(&self.shared).handle(req, Some(client)).await)
     }
 }
 
@@ -322,7 +333,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move { Ok(shared.handle(req).await) })
+        Box::pin(async move { Ok(shared.handle(req, None).await) })
     }
 }
 

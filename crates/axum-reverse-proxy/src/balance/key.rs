@@ -1,5 +1,7 @@
 //! What consistent hashing hashes: [`HashKey`].
 
+use std::net::SocketAddr;
+
 use http::{Request, header};
 
 use super::set::stable_hash;
@@ -51,7 +53,9 @@ impl HashKey {
     }
 
     /// The key's hash for `req`, if `req` has the key.
-    pub(crate) fn hash<B>(&self, req: &Request<B>) -> Option<u64> {
+    /// The request's hash under this key; `client` is the peer's address when known
+    /// apart from the request's `ConnectInfo`.
+    pub(crate) fn hash<B>(&self, req: &Request<B>, client: Option<SocketAddr>) -> Option<u64> {
         match self {
             HashKey::Header(name) => req
                 .headers()
@@ -68,10 +72,14 @@ impl HashKey {
                     (k == name).then(|| stable_hash(v.as_bytes(), 0))
                 }),
             HashKey::Path => Some(stable_hash(req.uri().path().as_bytes(), 0)),
-            HashKey::ClientIp => peer_addr(req.extensions()).map(|addr| match addr.ip() {
-                std::net::IpAddr::V4(ip) => stable_hash(&ip.octets(), 0),
-                std::net::IpAddr::V6(ip) => stable_hash(&ip.octets(), 0),
-            }),
+            HashKey::ClientIp => {
+                client
+                    .or_else(|| peer_addr(req.extensions()))
+                    .map(|addr| match addr.ip() {
+                        std::net::IpAddr::V4(ip) => stable_hash(&ip.octets(), 0),
+                        std::net::IpAddr::V6(ip) => stable_hash(&ip.octets(), 0),
+                    })
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The state every balanced proxy shares between its clones: the endpoint set, the
 //! forwarding path, the configuration, and the background tasks it owns.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -184,9 +185,13 @@ where
     /// there is one. Without this, a retry could land on the endpoint that just failed
     /// (round robin under concurrency, random, P2C), and an endpoint that cannot be
     /// ejected (`max_ejection_percent`) could fail a request on every attempt.
-    pub(crate) fn choose(&self, req: &Request<Body>) -> Option<Arc<Endpoint>> {
+    pub(crate) fn choose(
+        &self,
+        req: &Request<Body>,
+        client: Option<SocketAddr>,
+    ) -> Option<Arc<Endpoint>> {
         let hash = match self.config.strategy {
-            LoadBalancingStrategy::ConsistentHash => self.config.hash_key.hash(req),
+            LoadBalancingStrategy::ConsistentHash => self.config.hash_key.hash(req, client),
             _ => None,
         };
         let snapshot = self.set.load();
@@ -207,9 +212,15 @@ where
         Some(Arc::clone(chosen))
     }
 
-    pub(crate) async fn handle(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
+    /// Forward `req`; the client's address is `client` when given, else the request's
+    /// `ConnectInfo<SocketAddr>`.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Body>,
+        client: Option<SocketAddr>,
+    ) -> Response<Body> {
         self.ensure_health_task();
-        let Some(endpoint) = self.choose(&req) else {
+        let Some(endpoint) = self.choose(&req, client) else {
             tracing::debug!(path = %self.path, "no endpoint available");
             return ProxyError::new(Kind::NoEndpoint).into_response();
         };
@@ -222,7 +233,7 @@ where
         let started = Instant::now();
         let response = self
             .forwarder
-            .forward(&endpoint.target, req, path_and_query)
+            .forward(&endpoint.target, req, path_and_query, client)
             .await;
         let finished = Instant::now();
         let outcome = Outcome::of(&response);

@@ -106,16 +106,18 @@ where
     }
 
     /// Forward `req` to `target` at `path_and_query`. Never fails: errors become
-    /// responses carrying a [`ProxyError`].
+    /// responses carrying a [`ProxyError`]. The client's address is `client` when
+    /// given, else the request's `ConnectInfo<SocketAddr>`.
     pub(crate) async fn forward(
         &self,
         target: &Target,
         req: Request<Body>,
         path_and_query: String,
+        client: Option<SocketAddr>,
     ) -> Response<Body> {
         let method = req.method().clone();
         let version = req.version();
-        match self.try_forward(target, req, path_and_query).await {
+        match self.try_forward(target, req, path_and_query, client).await {
             Ok(response) => response,
             Err((err, path)) => {
                 // Log the path without its query: queries often carry tokens.
@@ -157,6 +159,7 @@ where
         target: &Target,
         req: Request<Body>,
         path_and_query: String,
+        client: Option<SocketAddr>,
     ) -> Result<Response<Body>, (ProxyError, Option<PathAndQuery>)> {
         let settings = &*self.settings;
         let policy = &settings.policy;
@@ -220,7 +223,9 @@ where
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
 
         // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; forward the plain form.
-        let peer = peer_addr(&parts.extensions).map(|a| a.ip().to_canonical());
+        let peer = client
+            .or_else(|| peer_addr(&parts.extensions))
+            .map(|a| a.ip().to_canonical());
         let trusted = policy.trusted_proxies.trusts(peer);
         let x_forwarded = policy.x_forwarded_for == XForwardedFor::Append;
         if !trusted || x_forwarded || policy.forwarded {

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -218,12 +219,51 @@ where
     /// );
     /// ```
     pub async fn proxy_request(&self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
-        let mount = &*self.mount;
-        let path_and_query = mounted_path_and_query(&req, &mount.base, &mount.target);
+        let (target, path_and_query) = self.mounted(&req);
         Ok(self
             .forwarder
-            .forward(&mount.target, req, path_and_query)
+            .forward(target, req, path_and_query, None)
             .await)
+    }
+
+    /// Forward one request from the client at `client`, for servers that know the peer
+    /// address without axum's `ConnectInfo` extension (which [`proxy_request`] reads for
+    /// `X-Forwarded-For`, `Forwarded` and the trusted-proxy check, and which costs a map
+    /// and two allocations per request to insert).
+    ///
+    /// [`proxy_request`]: Self::proxy_request
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{body::Body, extract::Request, response::Response};
+    /// use axum_reverse_proxy::ReverseProxy;
+    ///
+    /// async fn serve(proxy: &ReverseProxy, peer: SocketAddr, req: Request<Body>) -> Response {
+    ///     let Ok(response) = proxy.proxy_request_from(peer, req).await;
+    ///     response
+    /// }
+    /// ```
+    pub async fn proxy_request_from(
+        &self,
+        client: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Infallible> {
+        // Not through a shared `async fn`: each level of one keeps its own copy of the
+        // request in the future, and copies the future below it in.
+        let (target, path_and_query) = self.mounted(&req);
+        Ok(self
+            .forwarder
+            .forward(target, req, path_and_query, Some(client))
+            .await)
+    }
+
+    /// The target, and the upstream path and query for `req`.
+    fn mounted(&self, req: &Request<Body>) -> (&Target, String) {
+        let mount = &*self.mount;
+        (
+            &mount.target,
+            mounted_path_and_query(req, &mount.base, &mount.target),
+        )
     }
 }
 

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum_reverse_proxy::TunnelGuard;
 use http::header::{CONNECTION, Entry as HeaderEntry, HOST};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
-use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::access_log::{Counted, Entry, Logged};
@@ -268,7 +266,6 @@ where
                 }
             }
             route.request_headers.apply(&mut parts.headers);
-            parts.extensions.insert(ConnectInfo(conn.peer));
             if route.retries {
                 parts.extensions.insert(Attempts::default());
             }
@@ -292,7 +289,7 @@ where
                 route = &*route.name,
             );
             let req = Request::from_parts(parts, body);
-            let Ok(mut resp) = route.service.clone().oneshot(req).instrument(span).await;
+            let mut resp = route.service.call(conn.peer, req).instrument(span).await;
             route.response_headers.apply(resp.headers_mut());
             resp
         }

@@ -34,6 +34,7 @@
 
 use std::cell::RefCell;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -126,6 +127,10 @@ pub(crate) struct Pool {
     idle: ThreadLocal<Mutex<Vec<Idle>>>,
     h2_local: ThreadLocal<RefCell<H2List>>,
     h2_shared: Mutex<H2List>,
+    /// Set once an HTTP/2 connection was ever stored: until then, a checkout does not
+    /// take `h2_shared`'s lock (a lock every request would take, for nothing, on a pool
+    /// that only ever speaks HTTP/1.1).
+    h2_stored: AtomicBool,
 }
 
 enum Conn {
@@ -141,6 +146,7 @@ impl Pool {
             idle: ThreadLocal::new(),
             h2_local: ThreadLocal::new(),
             h2_shared: Mutex::new(Vec::new()),
+            h2_stored: AtomicBool::new(false),
         }
     }
 
@@ -345,6 +351,9 @@ impl Pool {
                 local.swap_remove(i);
             }
         }
+        if !self.h2_stored.load(Ordering::Acquire) {
+            return None;
+        }
         let shared = self.h2_shared.lock().ok()?;
         let (_, sender) = shared.iter().find(|(k, s)| k == key && !s.is_closed())?;
         let sender = sender.clone();
@@ -369,6 +378,7 @@ impl Pool {
         if let Ok(mut shared) = self.h2_shared.lock() {
             shared.retain(|(k, s)| k != key && !s.is_closed());
             shared.push((key.clone(), sender.clone()));
+            self.h2_stored.store(true, Ordering::Release);
         }
         let local = self.h2_local.get_or(|| RefCell::new(Vec::new()));
         let mut local = local.borrow_mut();

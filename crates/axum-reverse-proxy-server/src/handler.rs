@@ -371,6 +371,15 @@ fn drop_connection_options(headers: &mut HeaderMap) {
     };
     // Most requests have one `Connection` line: the rest is empty, and allocates nothing.
     let rest: Vec<HeaderValue> = lines.cloned().collect();
+    if rest.is_empty()
+        && let Ok(option) = first.to_str()
+        && (option.eq_ignore_ascii_case("close") || option.eq_ignore_ascii_case("keep-alive"))
+    {
+        // By far the most common: one option, and one `Connection` line to drop.
+        headers.remove(CONNECTION);
+        headers.remove(option);
+        return;
+    }
     let all = || {
         std::iter::once(&first)
             .chain(&rest)
@@ -498,6 +507,10 @@ mod tests {
         let mut h = headers(&[("connection", "keep-alive"), ("keep-alive", "5")]);
         drop_connection_options(&mut h);
         assert!(h.is_empty(), "{h:?}");
+        let mut h = headers(&[("connection", "Close"), ("close", "x"), ("x-b", "1")]);
+        drop_connection_options(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-b"));
         // Case-insensitive, whether `http` knows the name or not.
         let mut h = headers(&[
             ("connection", "CLOSE, X-Custom"),

@@ -138,6 +138,10 @@ fn valid_request_id(value: &HeaderValue) -> bool {
 }
 
 /// 32 random lowercase hex digits.
+///
+/// Shared from the start (`Bytes::from_owner`): the id is cloned for the request, the
+/// log entry and the response, and bytes copied from a slice would be allocated twice,
+/// once when copied and again at the first clone.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bits = fastrand::u128(..);
@@ -146,7 +150,8 @@ fn new_request_id() -> HeaderValue {
         *digit = HEX[(bits & 0xf) as usize];
         bits >>= 4;
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Serve one request from a client connection.
@@ -160,7 +165,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let start = Instant::now();
-    let time = SystemTime::now();
+    let log_on = shared.access_log.is_on();
+    // The wall-clock time is for the log line alone (the log is set for the process).
+    let time = if log_on {
+        SystemTime::now()
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
     let in_flight = InFlight::new(conn.watch.clone());
     let (mut parts, body) = req.into_parts();
     // Room, in one step, for the request id and the library's four forwarding fields:
@@ -190,7 +201,6 @@ where
     };
     // The target as received, for the access log and the span (shares its bytes).
     let uri = parts.uri.clone();
-    let log_on = shared.access_log.is_on();
     let bytes_in = log_on.then(|| Arc::new(AtomicU64::new(0)));
     // Written with status 499 if the client goes away before the response is ready;
     // taken back below when it is.

@@ -52,9 +52,8 @@ impl HashKey {
         HashKey::Cookie(name.into())
     }
 
-    /// The key's hash for `req`, if `req` has the key.
-    /// The request's hash under this key; `client` is the peer's address when known
-    /// apart from the request's `ConnectInfo`.
+    /// The key's hash for `req`, if `req` has the key; `client` is the peer's address when
+    /// it is known apart from the request's `ConnectInfo`.
     pub(crate) fn hash<B>(&self, req: &Request<B>, client: Option<SocketAddr>) -> Option<u64> {
         match self {
             HashKey::Header(name) => req

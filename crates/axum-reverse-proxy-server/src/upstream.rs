@@ -89,23 +89,6 @@ impl UpstreamService {
             Err(never) => match never {},
         }
     }
-
-    /// A pool's service: `direct` when the pool has no retries, else `inner` counted and
-    /// wrapped in the retry layer.
-    fn of<S>(direct: UpstreamService, inner: S, pool: &PoolConfig, retries: Counter) -> Self
-    where
-        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        match pool.retry {
-            None => direct,
-            Some(_) => UpstreamService::Boxed(finish(inner, pool, retries)),
-        }
-    }
 }
 
 /// A pool that could not be built, with the place in the file to blame.
@@ -249,7 +232,10 @@ fn single(
     })?;
     let proxy = proxy.with_policy(policy);
     Ok((
-        UpstreamService::of(UpstreamService::Single(proxy.clone()), proxy, pool, retries),
+        match pool.retry {
+            None => UpstreamService::Single(proxy),
+            Some(_) => UpstreamService::Boxed(finish(proxy, pool, retries)),
+        },
         EndpointSource::Single {
             url: t.url.clone(),
             weight: t.weight,
@@ -325,12 +311,10 @@ fn balanced(
         Arc::new(move || proxy.endpoints())
     };
     Ok((
-        UpstreamService::of(
-            UpstreamService::Balanced(proxy.clone()),
-            proxy,
-            pool,
-            retries,
-        ),
+        match pool.retry {
+            None => UpstreamService::Balanced(proxy),
+            Some(_) => UpstreamService::Boxed(finish(proxy, pool, retries)),
+        },
         EndpointSource::Balanced {
             kind: "balanced",
             read,

@@ -104,11 +104,7 @@ fn via_loop_detection_and_append() {
 fn forwarding_append_trusted() {
     let host = HeaderValue::from_static("example.com");
     let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
-    let info = ClientInfo {
-        peer: Some("10.0.0.2".parse().unwrap()),
-        host: Some(&host),
-        proto: "https",
-    };
+    let info = https_client_10_0_0_2(&host);
     apply_forwarding(&mut h, &info, true, true, true);
     assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.2");
     assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
@@ -147,6 +143,22 @@ fn forwarding_needs_a_peer() {
     };
     apply_forwarding(&mut h, &info, true, true, true);
     assert!(h.is_empty());
+}
+
+/// The client of the trusted/untrusted forwarding tests: 10.0.0.2 over https, asking for
+/// `host`.
+fn https_client_10_0_0_2(host: &HeaderValue) -> ClientInfo<'_> {
+    ClientInfo {
+        peer: Some("10.0.0.2".parse().unwrap()),
+        host: Some(host),
+        proto: "https",
+    }
+}
+
+/// The fields a property test's client sent, as a map.
+fn sent_map(sent: &[(&str, String)]) -> HeaderMap {
+    let pairs: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    map(&pairs)
 }
 
 const HOP: &[&str] = &[
@@ -236,8 +248,7 @@ proptest! {
             0..8,
         ),
     ) {
-        let pairs: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let mut h = map(&pairs);
+        let mut h = sent_map(&sent);
         let others = |h: &HeaderMap| {
             h.iter()
                 .filter(|(n, _)| forwarding_bit(n) == 0)
@@ -250,11 +261,7 @@ proptest! {
         };
         let before = others(&h);
         let host = HeaderValue::from_static("example.com");
-        let info = ClientInfo {
-            peer: Some("10.0.0.2".parse().unwrap()),
-            host: Some(&host),
-            proto: "https",
-        };
+        let info = https_client_10_0_0_2(&host);
         apply_forwarding(&mut h, &info, false, true, true);
         prop_assert_eq!(sorted(others(&h)), sorted(before));
         let one = |name: &str| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
@@ -285,14 +292,9 @@ proptest! {
             0..6,
         ),
     ) {
-        let pairs: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let mut h = map(&pairs);
+        let mut h = sent_map(&sent);
         let host = HeaderValue::from_static("example.com");
-        let info = ClientInfo {
-            peer: Some("10.0.0.2".parse().unwrap()),
-            host: Some(&host),
-            proto: "https",
-        };
+        let info = https_client_10_0_0_2(&host);
         apply_forwarding(&mut h, &info, true, true, true);
         let sent_of = |name: &str| sent.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
         let now = |name: &str| h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();

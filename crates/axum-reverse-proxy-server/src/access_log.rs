@@ -162,8 +162,6 @@ impl Entry {
 struct Guard {
     entry: Entry,
     log: Arc<AccessLog>,
-    /// The connection's in-flight mark, released together with the line.
-    _in_flight: InFlight,
 }
 
 impl Drop for Guard {
@@ -174,27 +172,47 @@ impl Drop for Guard {
 
 // ===== impl Logged =====
 
-/// A response body that counts what it sends and logs the request when it ends.
+/// The body of every response the server sends: with the access log on, it counts what
+/// it sends and writes the request's line when it ends; in any case it holds the
+/// connection's in-flight mark until then.
+///
+/// The service's body type itself, not boxed again into a `Body` (one more allocation
+/// and one more dynamic call per frame, for every request), and small: hyper moves it
+/// several times per response, so the line's entry is boxed, and only when the log
+/// is on.
 pub(crate) struct Logged {
     inner: Body,
-    guard: Option<Guard>,
+    line: Option<Box<Guard>>,
+    /// Released after the line is written (fields drop in order).
+    in_flight: Option<InFlight>,
 }
 
 impl Logged {
     pub(crate) fn wrap(
         inner: Body,
         entry: Entry,
-        log: Arc<AccessLog>,
+        log: &Arc<AccessLog>,
         in_flight: InFlight,
-    ) -> Body {
-        Body::new(Logged {
+    ) -> Logged {
+        Logged {
             inner,
-            guard: Some(Guard {
-                entry,
-                log,
-                _in_flight: in_flight,
+            line: log.is_on().then(|| {
+                Box::new(Guard {
+                    entry,
+                    log: Arc::clone(log),
+                })
             }),
-        })
+            in_flight: Some(in_flight),
+        }
+    }
+
+    /// A response no request line is written for (one the server limits refused).
+    pub(crate) fn unlogged(inner: Body) -> Logged {
+        Logged {
+            inner,
+            line: None,
+            in_flight: None,
+        }
     }
 }
 
@@ -210,12 +228,13 @@ impl HttpBody for Logged {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(guard)) = (frame.data_ref(), this.guard.as_mut()) {
-                    guard.entry.bytes_out += data.len() as u64;
+                if let (Some(data), Some(line)) = (frame.data_ref(), this.line.as_mut()) {
+                    line.entry.bytes_out += data.len() as u64;
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                this.guard.take();
+                this.line.take();
+                this.in_flight.take();
             }
             Poll::Pending => {}
         }

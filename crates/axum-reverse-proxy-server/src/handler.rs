@@ -73,9 +73,9 @@ pub(crate) struct InFlight(Arc<Watch>);
 
 impl InFlight {
     pub(crate) fn new(watch: Arc<Watch>) -> InFlight {
-        let activity = watch.activity();
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.touch();
+        // No `touch` here: the time of the last activity is read only while nothing is
+        // in flight, and the drop of the last `InFlight` sets it.
+        watch.activity().in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(watch)
     }
 }
@@ -159,7 +159,7 @@ pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<B>,
-) -> Response<Body>
+) -> Response<Logged>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -199,8 +199,6 @@ where
         }
         HeaderEntry::Vacant(none) => none.insert(new_request_id()).clone(),
     };
-    // The target as received, for the access log and the span (shares its bytes).
-    let uri = parts.uri.clone();
     let bytes_in = log_on.then(|| Arc::new(AtomicU64::new(0)));
     // Written with status 499 if the client goes away before the response is ready;
     // taken back below when it is.
@@ -212,7 +210,13 @@ where
             request_id: request_id.clone(),
             client: conn.peer,
             method,
-            uri: uri.clone(),
+            // The target as received, for the log line alone (a clone shares its bytes
+            // but still costs a reference count on each of its parts).
+            uri: if log_on {
+                parts.uri.clone()
+            } else {
+                Uri::default()
+            },
             status: CLIENT_CLOSED_REQUEST,
             // Set once the route is known (before anything is awaited).
             route: None,
@@ -236,7 +240,7 @@ where
             .load()
             .tables
             .get(&*conn.listener)
-            .and_then(|t| t.find(host, uri.path()))
+            .and_then(|t| t.find(host, parts.uri.path()))
             .map(|(_, route)| Arc::clone(route))
     };
     if let Some(pending) = unanswered.entry.as_mut() {
@@ -260,9 +264,18 @@ where
             resp
         }
         (None, Some(route)) => {
+            // With the target as received (before any prefix is stripped). A span no
+            // subscriber wants costs next to nothing to make.
+            let span = tracing::info_span!(
+                "request",
+                id = request_id.to_str().unwrap_or("-"),
+                method = %parts.method,
+                path = parts.uri.path(),
+                route = &*route.name,
+            );
             // Stripping `/` changes nothing: skip the rebuild of the target.
             if route.strip_prefix && route.prefix != "/" {
-                let stripped = strip(&route.prefix, uri.path());
+                let stripped = strip(&route.prefix, parts.uri.path());
                 let pq = match parts.uri.query() {
                     Some(q) => format!("{stripped}?{q}"),
                     None => stripped,
@@ -291,29 +304,29 @@ where
                 }),
                 None => Body::new(body),
             };
-            let span = tracing::info_span!(
-                "request",
-                id = request_id.to_str().unwrap_or("-"),
-                method = %parts.method,
-                path = uri.path(),
-                route = &*route.name,
-            );
             let req = Request::from_parts(parts, body);
-            let mut resp = route.service.call(conn.peer, req).instrument(span).await;
+            // Instrumented only when the span is wanted: the wrapper is one more future
+            // level, polled and copied, for every request. (The call is made in each
+            // arm: a future held in a local first is copied once more when awaited.)
+            let mut resp = if span.is_disabled() {
+                route.service.call(conn.peer, req).await
+            } else {
+                route.service.call(conn.peer, req).instrument(span).await
+            };
             route.response_headers.apply(resp.headers_mut());
             resp
         }
     };
     let Some(mut entry) = unanswered.entry.take() else {
         // Not reachable: the entry is taken only here.
-        return response;
+        return response.map(Logged::unlogged);
     };
     entry.status = response.status().as_u16();
     record(&shared, &entry);
     response
         .headers_mut()
         .insert(REQUEST_ID.clone(), request_id);
-    response.map(|body| Logged::wrap(body, entry, shared.access_log.clone(), in_flight))
+    response.map(|body| Logged::wrap(body, entry, &shared.access_log, in_flight))
 }
 
 /// nginx's status for a request whose client closed the connection before the answer.

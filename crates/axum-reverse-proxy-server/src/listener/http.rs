@@ -24,6 +24,7 @@ use super::Settings;
 use super::limits::{
     HYPER_DEFAULT_MAX_HEADERS, LOCAL_ERROR_RESETS, Limits, PENDING_ACCEPT_RESETS, Watch, Watched,
 };
+use crate::access_log::Logged;
 use crate::admin::metrics::ListenerMetrics;
 use crate::handler::{self, ConnInfo};
 use crate::server::Shared;
@@ -309,7 +310,7 @@ impl Conn {
         &self,
     ) -> impl hyper::service::Service<
         hyper::Request<Incoming>,
-        Response = hyper::Response<axum::body::Body>,
+        Response = hyper::Response<Logged>,
         Error = Infallible,
         Future: Send + 'static,
     > + Clone
@@ -327,7 +328,7 @@ impl Conn {
             let conn = info.clone();
             async move {
                 let response = match rejected {
-                    Some(response) => response,
+                    Some(response) => response.map(Logged::unlogged),
                     None => handler::handle(shared, conn, req).await,
                 };
                 guard.answered();
@@ -731,7 +732,7 @@ where
                 }
                 close_by = Some(Instant::now() + CLOSE_GRACE);
             }
-            () = tokio::time::sleep_until(wake.into()) => {
+            () = wake_at(wake) => {
                 if !closing
                     && let Some(at) = watch.activity().idle_deadline(limits.idle)
                     && at <= Instant::now()
@@ -762,6 +763,23 @@ async fn shutdown_changed(
         }
         registered = true;
         changed.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// `sleep_until(deadline)`, for the same `select!`: a `Sleep` polled again re-registers
+/// its waker and spends the task's cooperative budget, ~120 instructions at every
+/// wake-up, two per request. Once registered, it is polled only after its timer has
+/// fired, which `is_elapsed` tells without registering anything.
+async fn wake_at(deadline: Instant) {
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline.into()));
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if registered && !sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        registered = true;
+        sleep.as_mut().poll(cx)
     })
     .await
 }
@@ -804,6 +822,27 @@ mod tests {
         drop(tx);
         let closed = tokio::time::timeout(Duration::from_secs(10), wait).await;
         assert!(closed.expect("woken by the close").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_wake_up_time_ends_its_wait_however_often_it_was_polled_before() {
+        let waiting = tokio::spawn(async {
+            let mut wait = Box::pin(wake_at(Instant::now() + Duration::from_millis(50)));
+            // Pending while the time has not come, polled again and again (as the
+            // connection's every wake-up does) without registering again.
+            for _ in 0..3 {
+                assert!(poll_once(&mut wait).await.is_pending());
+            }
+            // Only the timer registered by the first poll can wake the task now.
+            wait.await;
+        });
+        let woken = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        woken.expect("woken when the time came").unwrap();
+        // A time already past ends the wait too (at the timer's next tick).
+        let past = wake_at(Instant::now() - Duration::from_millis(5));
+        tokio::time::timeout(Duration::from_secs(10), past)
+            .await
+            .expect("a time already past");
     }
 
     #[tokio::test]

@@ -402,15 +402,15 @@ where
             }
         };
         let path_and_query = if self.resolver.is_base_url() {
-            uri::join_path_and_query(
-                &self.prefix,
-                &target,
-                req.uri().path(),
-                req.uri().query(),
-                true,
-            )
+            uri::upstream_path(&self.prefix, &target, req.uri(), true)
         } else {
-            uri::join_path_and_query("", &target, "/", req.uri().query(), false)
+            uri::UpstreamPath::Built(uri::join_path_and_query(
+                "",
+                &target,
+                "/",
+                req.uri().query(),
+                false,
+            ))
         };
         self.forwarder
             .forward(&target, req, path_and_query, None)

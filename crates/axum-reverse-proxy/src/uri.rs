@@ -35,7 +35,7 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use http::HeaderValue;
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
 use crate::client::UpstreamKey;
 use crate::error::InvalidTarget;
@@ -213,6 +213,48 @@ impl Target {
 /// and `/` is the same as `""`.
 pub(crate) fn normalize_base(base: &str) -> &str {
     base.trim_end_matches('/')
+}
+
+/// The path and query a request goes upstream with.
+#[derive(Debug)]
+pub(crate) enum UpstreamPath {
+    /// The request's own, shared: the joining rules would rebuild it unchanged.
+    Unchanged(PathAndQuery),
+    /// Built by [`join_path_and_query`]; parsed when sent.
+    Built(String),
+}
+
+impl UpstreamPath {
+    pub(crate) fn into_path_and_query(self) -> Result<PathAndQuery, http::uri::InvalidUri> {
+        match self {
+            UpstreamPath::Unchanged(pq) => Ok(pq),
+            UpstreamPath::Built(joined) => PathAndQuery::try_from(joined),
+        }
+    }
+}
+
+/// [`join_path_and_query`] for a request's `uri`, sharing the request's own path and
+/// query when the rules leave them as they are: no base to strip, and a target with
+/// neither path nor query (`http://host:port`). The common case costs then neither an
+/// allocation nor a second parse of the path.
+pub(crate) fn upstream_path(base: &str, target: &Target, uri: &Uri, strip: bool) -> UpstreamPath {
+    if base.is_empty()
+        && target.path.is_empty()
+        && target.query.is_none()
+        && let Some(pq) = uri.path_and_query()
+        // Origin-form only: an absolute-form target may have an empty path (`?q`),
+        // which the rules make `/?q`.
+        && pq.as_str().starts_with('/')
+    {
+        return UpstreamPath::Unchanged(pq.clone());
+    }
+    UpstreamPath::Built(join_path_and_query(
+        base,
+        target,
+        uri.path(),
+        uri.query(),
+        strip,
+    ))
 }
 
 /// Join a request's path and query onto a target, per the module's rules.

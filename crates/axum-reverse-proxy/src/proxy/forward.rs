@@ -21,7 +21,7 @@ use crate::error::{Kind, ProxyError};
 use crate::headers::{self, ClientInfo};
 use crate::policy::{HostBehaviour, ProxyPolicy, XForwardedFor};
 use crate::upgrade::{self, Detected, TunnelGuard, Upgrade};
-use crate::uri::Target;
+use crate::uri::{Target, UpstreamPath};
 
 use super::validate;
 
@@ -112,7 +112,7 @@ where
         &self,
         target: &Target,
         req: Request<Body>,
-        path_and_query: String,
+        path_and_query: UpstreamPath,
         client: Option<SocketAddr>,
     ) -> Response<Body> {
         let method = req.method().clone();
@@ -158,7 +158,7 @@ where
         &self,
         target: &Target,
         req: Request<Body>,
-        path_and_query: String,
+        path_and_query: UpstreamPath,
         client: Option<SocketAddr>,
     ) -> Result<Response<Body>, (ProxyError, Option<PathAndQuery>)> {
         let settings = &*self.settings;
@@ -174,7 +174,8 @@ where
         validate::check(&mut parts, false).map_err(|err| (err, None))?;
         // Released when the exchange is over (response body end, or tunnel close).
         let mut held = TunnelGuard::take(&mut parts.extensions);
-        let path_and_query = PathAndQuery::try_from(path_and_query)
+        let path_and_query = path_and_query
+            .into_path_and_query()
             .map_err(|e| (ProxyError::with_cause(Kind::BadRequest, e), None))?;
         let fail = |err: ProxyError| (err, Some(path_and_query.clone()));
 
@@ -194,11 +195,14 @@ where
         // Set when the limit trips mid-stream: an HTTP/2 upstream connection reports that
         // body error only as a reset stream, without the cause.
         let mut over_limit = None;
+        if let Some(max) = policy.max_request_body_bytes
+            && declared_length(&parts.headers).is_some_and(|len| len > max)
+        {
+            return Err(fail(ProxyError::new(Kind::BodyTooLarge)));
+        }
         let body = match policy.max_request_body_bytes {
-            Some(max) => {
-                if declared_length(&parts.headers).is_some_and(|len| len > max) {
-                    return Err(fail(ProxyError::new(Kind::BodyTooLarge)));
-                }
+            // A body already over (most requests) has nothing to count.
+            Some(max) if !http_body::Body::is_end_stream(&body) => {
                 let tripped = Arc::new(AtomicBool::new(false));
                 over_limit = Some(Arc::clone(&tripped));
                 let limited = http_body_util::Limited::new(body, max as usize);
@@ -209,7 +213,7 @@ where
                     err
                 }))
             }
-            None => body,
+            _ => body,
         };
 
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::Connect;
 use crate::client::{self, ProxyConnector, Transport};
 use crate::error::InvalidTarget;
 use crate::policy::ProxyPolicy;
-use crate::uri::{self, Target};
+use crate::uri::{self, Target, UpstreamPath};
 
 pub(crate) mod forward;
 pub(crate) mod validate;
@@ -258,7 +258,7 @@ where
     }
 
     /// The target, and the upstream path and query for `req`.
-    fn mounted(&self, req: &Request<Body>) -> (&Target, String) {
+    fn mounted(&self, req: &Request<Body>) -> (&Target, UpstreamPath) {
         let mount = &*self.mount;
         (
             &mount.target,
@@ -269,26 +269,26 @@ where
 
 /// The upstream path and query for `req` on a proxy mounted at `base` (normalised):
 /// the joining rules of [`uri`], applied once whichever way axum routed the request.
-pub(crate) fn mounted_path_and_query(req: &Request<Body>, base: &str, target: &Target) -> String {
+pub(crate) fn mounted_path_and_query(
+    req: &Request<Body>,
+    base: &str,
+    target: &Target,
+) -> UpstreamPath {
     let nested = req
         .extensions()
         .get::<NestedPath>()
         .filter(|nested| nested_at(nested.as_str(), base));
     let Some(nested) = nested else {
-        return uri::join_path_and_query(base, target, req.uri().path(), req.uri().query(), true);
+        return uri::upstream_path(base, target, req.uri(), true);
     };
     // Under `Router::nest` at our own path, axum already removed the prefix, and
     // rewrote what follows it (`/api//x` became `/x`, `/api/` became `/`): when the
     // original URI is known, strip the nest path from it ourselves.
     match original_below(req, nested.as_str()) {
-        Some(original) => uri::join_path_and_query(
-            uri::normalize_base(nested.as_str()),
-            target,
-            original.path(),
-            original.query(),
-            true,
-        ),
-        None => uri::join_path_and_query(base, target, req.uri().path(), req.uri().query(), false),
+        Some(original) => {
+            uri::upstream_path(uri::normalize_base(nested.as_str()), target, original, true)
+        }
+        None => uri::upstream_path(base, target, req.uri(), false),
     }
 }
 

@@ -165,6 +165,20 @@ fn query() -> impl Strategy<Value = Option<String>> {
     proptest::option::of(proptest::string::string_regex("[a-z0-9=&%]{0,10}").unwrap())
 }
 
+#[test]
+fn an_absolute_target_without_a_path_goes_upstream_with_one() {
+    let target = Target::parse("http://u").unwrap();
+    for (request, sent) in [
+        ("http://h?x=1", "/?x=1"),
+        ("http://h", "/"),
+        ("/a?b", "/a?b"),
+    ] {
+        let uri: Uri = request.parse().unwrap();
+        let upstream = upstream_path("", &target, &uri, true).into_path_and_query();
+        assert_eq!(upstream.unwrap().as_str(), sent, "{request}");
+    }
+}
+
 proptest! {
     #[test]
     fn output_is_a_valid_path_and_query(base in path(), tpath in path(), p in path(), q in query()) {
@@ -200,6 +214,31 @@ proptest! {
         let out = join_path_and_query("", &target, &p, q.as_deref(), true);
         let expected = match &q { Some(q) => format!("{p}?{q}"), None => p.clone() };
         prop_assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn the_request_path_shared_or_joined_is_what_the_rules_build(
+        base in prop_oneof![Just(String::new()), path()],
+        tpath in prop_oneof![Just(String::new()), Just("/".to_owned()), path()],
+        tquery in proptest::option::of("[a-z]{1,3}=[0-9]{1,2}"),
+        p in path(),
+        q in query(),
+        absolute in any::<bool>(),
+        strip in any::<bool>(),
+    ) {
+        let tquery = tquery.map(|tq| format!("?{tq}")).unwrap_or_default();
+        let target = Target::parse(&format!("http://u{tpath}{tquery}")).unwrap();
+        let request = match &q { Some(q) => format!("{p}?{q}"), None => p.clone() };
+        let request = if absolute { format!("http://h{request}") } else { request };
+        let uri: Uri = request.parse().unwrap();
+        let base = normalize_base(&base);
+        let joined = join_path_and_query(base, &target, uri.path(), uri.query(), strip);
+        let upstream = upstream_path(base, &target, &uri, strip);
+        // Shared exactly when there is no base and the target has no path or query.
+        let shared = base.is_empty() && target.path.is_empty() && target.query.is_none();
+        prop_assert_eq!(matches!(upstream, UpstreamPath::Unchanged(_)), shared);
+        let sent = upstream.into_path_and_query().unwrap();
+        prop_assert_eq!(sent.as_str(), joined.as_str());
     }
 
     #[test]

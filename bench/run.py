@@ -389,6 +389,17 @@ def per_request_under(tool, target, tmp, small, large, argv=None):
     return (totals[1] - totals[0]) / (large - small) if totals[1] > totals[0] else None
 
 
+def single_process(target):
+    """The argv to run `target` under valgrind with, when its own will not do: nginx's
+    worker, forked by the master and switched to an unprivileged user (nginx does so when
+    started as root), cannot write its
+    dump into our temporary directory, so nginx runs as one process (no master, no user
+    switch) there; None for the others."""
+    if target.name == "nginx":
+        return [*target.argv, "-g", "master_process off;"]
+    return None
+
+
 def valgrind_total(tool, text):
     """The instructions (callgrind's output file) or heap blocks (dhat's log) in `text`."""
     if tool == "callgrind":
@@ -505,9 +516,9 @@ def main():
     if not args.quick and shutil.which("valgrind"):
         for t in proxies:
             try:
-                ipr = per_request_under("callgrind", t, tmp, 1000, 3000)
-                # nginx's worker, a forked child, leaves no callgrind dump here: what is
-                # left is its master's few instructions, which is no figure.
+                ipr = per_request_under("callgrind", t, tmp, 1000, 3000, single_process(t))
+                # A target whose worker left no dump: what is left is its master's few
+                # instructions, which is no figure.
                 instructions[t.name] = ipr if ipr is not None and ipr >= 100 else None
             except Exception as err:  # a target that will not run under valgrind: report, go on
                 print(f"callgrind {t.name}: {err}", file=sys.stderr)
@@ -516,7 +527,7 @@ def main():
     if not args.quick and shutil.which("valgrind"):
         sysalloc = os.path.join(RELEASE, "axum-reverse-proxy-sysalloc")
         for t in proxies:
-            argv = None
+            argv = single_process(t)
             if t.argv and t.argv[0].endswith("/axum-reverse-proxy"):
                 if not os.path.exists(sysalloc):
                     continue

@@ -392,9 +392,8 @@ def per_request_under(tool, target, tmp, small, large, argv=None):
 def single_process(target):
     """The argv to run `target` under valgrind with, when its own will not do: nginx's
     worker, forked by the master and switched to an unprivileged user (nginx does so when
-    started as root), cannot write its
-    dump into our temporary directory, so nginx runs as one process (no master, no user
-    switch) there; None for the others."""
+    started as root), cannot write its dump into our temporary directory, so nginx runs
+    as one process (no master, no user switch) there; None for the others."""
     if target.name == "nginx":
         return [*target.argv, "-g", "master_process off;"]
     return None

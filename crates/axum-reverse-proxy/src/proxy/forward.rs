@@ -195,12 +195,10 @@ where
         // Set when the limit trips mid-stream: an HTTP/2 upstream connection reports that
         // body error only as a reset stream, without the cause.
         let mut over_limit = None;
-        if let Some(max) = policy.max_request_body_bytes
-            && declared_length(&parts.headers).is_some_and(|len| len > max)
-        {
-            return Err(fail(ProxyError::new(Kind::BodyTooLarge)));
-        }
         let body = match policy.max_request_body_bytes {
+            Some(max) if declared_length(&parts.headers).is_some_and(|len| len > max) => {
+                return Err(fail(ProxyError::new(Kind::BodyTooLarge)));
+            }
             // A body already over (most requests) has nothing to count.
             Some(max) if !http_body::Body::is_end_stream(&body) => {
                 let tripped = Arc::new(AtomicBool::new(false));

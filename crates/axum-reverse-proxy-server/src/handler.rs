@@ -501,7 +501,20 @@ mod tests {
         assert!(!valid_request_id(
             &HeaderValue::from_str(&"a".repeat(129)).unwrap()
         ));
-        assert_eq!(new_request_id().len(), 32);
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.as_bytes()
+                .iter()
+                .all(|b| b"0123456789abcdef".contains(b))
+        );
+        assert!(valid_request_id(&id));
+        assert_ne!(id, new_request_id());
+        // Exactly the random number's hex digits, most significant first.
+        fastrand::seed(7);
+        let id = new_request_id();
+        fastrand::seed(7);
+        assert_eq!(id, format!("{:032x}", fastrand::u128(..)).as_str());
     }
 
     #[test]

@@ -148,9 +148,24 @@ class Target:
         return self.proc.pid
 
 
-def nginx_target(tmp, up_port):
+# What our server adds to every request by default, asked of nginx and haproxy too so that
+# all three do the same work: X-Forwarded-For/-Host/-Proto upstream, and a random request
+# id upstream and back to the client.
+NGINX_FORWARDING = """
+            proxy_http_version 1.1;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id always;
+            proxy_buffering off;
+            client_max_body_size 0;"""
+
+
+def nginx_target(tmp, up_ports):
     port, h2 = free_port(), free_port()
     conf = os.path.join(tmp, "nginx.conf")
+    balanced = " ".join(f"server 127.0.0.1:{p};" for p in up_ports)
     with open(conf, "w") as f:
         f.write(f"""
 worker_processes 1;
@@ -165,16 +180,24 @@ http {{
     keepalive_requests 1000000;
     # Bodies up to 64 KiB stay in memory: the worker (www-data) need not write temp files.
     client_body_buffer_size 64k;
-    upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; }}
+    upstream up {{ server 127.0.0.1:{up_ports[0]}; keepalive 128; }}
+    upstream up4 {{ {balanced} keepalive 128; }}
     server {{
         listen 127.0.0.1:{port} reuseport;
         listen 127.0.0.1:{h2} http2;
         location / {{
             proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            client_max_body_size 0;
+            proxy_set_header Connection "";{NGINX_FORWARDING}
+        }}
+        location /b/ {{
+            proxy_pass http://up4;
+            proxy_set_header Connection "";{NGINX_FORWARDING}
+        }}
+        location = /ws {{
+            proxy_pass http://up;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;{NGINX_FORWARDING}
         }}
     }}
 }}
@@ -182,9 +205,10 @@ http {{
     return Target("nginx", ["nginx", "-c", conf, "-p", tmp], port, h2)
 
 
-def haproxy_target(tmp, up_port):
+def haproxy_target(tmp, up_ports):
     port, h2 = free_port(), free_port()
     conf = os.path.join(tmp, "haproxy.cfg")
+    balanced = "\n".join(f"    server up{i} 127.0.0.1:{p}" for i, p in enumerate(up_ports))
     with open(conf, "w") as f:
         f.write(f"""
 global
@@ -195,23 +219,35 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    timeout tunnel 1h
     http-reuse always
 frontend fe
     bind 127.0.0.1:{port}
     bind 127.0.0.1:{h2} proto h2
+    option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Proto http
+    unique-id-format %[uuid()]
+    unique-id-header X-Request-Id
+    http-after-response set-header X-Request-Id %[unique-id]
+    use_backend be4 if {{ path_beg /b/ }}
     default_backend be
 backend be
-    server up 127.0.0.1:{up_port}
+    server up 127.0.0.1:{up_ports[0]}
+backend be4
+    balance roundrobin
+{balanced}
 """)
     return Target("haproxy", ["haproxy", "-f", conf, "-db"], port, h2)
 
 
-def ours_target(tmp, up_ports, name="ours"):
-    """Our server from a config file: one worker, no access log (nginx's is off too).
-    Several upstream ports make one round-robin pool over them."""
+def ours_target(tmp, up_ports):
+    """Our server from a config file: one worker, no access log (nginx's is off too), its
+    default forwarding headers and request ids; `/b/` goes to a round-robin pool over all
+    the upstreams, the rest to the first."""
     port = free_port()
-    conf = os.path.join(tmp, f"{name}.toml")
-    targets = ", ".join(f'"http://127.0.0.1:{p}"' for p in up_ports)
+    conf = os.path.join(tmp, "ours.toml")
+    balanced = ", ".join(f'"http://127.0.0.1:{p}"' for p in up_ports)
     with open(conf, "w") as f:
         f.write(f"""
 [server]
@@ -222,25 +258,32 @@ output = "off"
 address = "127.0.0.1:{port}"
 h2c = true
 [pools.up]
-targets = [{targets}]
+targets = ["http://127.0.0.1:{up_ports[0]}"]
+[pools.up4]
+targets = [{balanced}]
 [[routes]]
 name = "all"
 prefix = "/"
 pool = "up"
+[[routes]]
+name = "balanced"
+prefix = "/b"
+pool = "up4"
 """)
     return Target(
-        name,
+        "ours",
         [os.path.join(RELEASE, "axum-reverse-proxy"), "--config", conf],
         port,
         env={"RUST_LOG": "error"},
     )
 
 
-def embedded_target(up_port):
+def embedded_target(up_ports):
     port = free_port()
+    upstreams = [f"http://127.0.0.1:{p}" for p in up_ports]
     return Target(
         "embedded",
-        [os.path.join(RELEASE, "bench-embedded"), f"127.0.0.1:{port}", f"http://127.0.0.1:{up_port}"],
+        [os.path.join(RELEASE, "bench-embedded"), f"127.0.0.1:{port}", *upstreams[:1], *upstreams],
         port,
         env={"TOKIO_WORKER_THREADS": "1"},
     )
@@ -280,6 +323,18 @@ def h2load(port, path, seconds, conns, streams=10, h1=False, rps=None, log=None)
     return {"requests": int(m.group(4)) if m else 0, "errors": int(m.group(5)) if m else 0}
 
 
+def ws_echo(port, seconds, conns):
+    """WebSocket echo load (`bench-ws`): `conns` connections, each a 32-byte message and its
+    echo at a time; a message echoed counts as a request."""
+    out = subprocess.run(
+        ["taskset", "-c", OTHER_CORE, os.path.join(RELEASE, "bench-ws"),
+         f"ws://127.0.0.1:{port}/ws", str(conns), str(seconds)],
+        capture_output=True, text=True,
+    ).stdout
+    m = re.search(r"messages (\d+) errors (\d+)", out)
+    return {"requests": int(m.group(1)) if m else 0, "errors": int(m.group(2)) if m else conns}
+
+
 def percentiles(log):
     durations = []
     with open(log) as f:
@@ -314,6 +369,8 @@ def workloads(tmp, seconds):
         ("new connection per request", lambda t: wrk(t.port, "/small", seconds, 16, ("-H", "Connection: close"))),
         ("16 KiB POST (64 conns)", lambda t: wrk(t.port, "/post", seconds, 64, ("-s", lua))),
         ("HTTP/2 small GET (64 conns x 10 streams)", lambda t: h2load(t.h2_port, "/small", seconds, 64)),
+        ("4-endpoint balanced small GET (64 conns)", lambda t: wrk(t.port, "/b/small", seconds, 64)),
+        ("WebSocket echo, 32 B messages (64 conns; req = message echoed)", lambda t: ws_echo(t.port, seconds, 64)),
     ]
 
 
@@ -458,8 +515,8 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="arp-bench-")
     os.chmod(tmp, 0o755)  # nginx's worker runs as www-data
-    # Four upstream processes: every target uses the first; "balanced-4" (our server with a
-    # round-robin pool) spreads over all four, to show what balancing costs under load.
+    # Four upstream processes: every target sends `/b/…` round robin over all four (the
+    # balanced workload), everything else to the first.
     upstreams = []
     for _ in range(4):
         p = free_port()
@@ -470,9 +527,8 @@ def main():
     up_ports = [u.port for u in upstreams]
     up_port = up_ports[0]
     direct = Target("direct", [], up_port)
-    targets = [direct, nginx_target(tmp, up_port), haproxy_target(tmp, up_port),
-               ours_target(tmp, [up_port]), embedded_target(up_port),
-               ours_target(tmp, up_ports, name="balanced-4")]
+    targets = [direct, nginx_target(tmp, up_ports), haproxy_target(tmp, up_ports),
+               ours_target(tmp, up_ports), embedded_target(up_ports)]
     proxies = targets[1:]
     results = {}  # (workload, target) -> list of measurements
     try:

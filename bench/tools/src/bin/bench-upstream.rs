@@ -2,6 +2,7 @@
 //!
 //! `bench-upstream ADDR`: serves HTTP/1.1 and HTTP/2 (prior knowledge) on `ADDR`.
 //! - `GET /small`: 13 bytes; `GET /1m`: 1 MiB; `POST /post`: reads the body, answers its length.
+//! - `GET /ws`: a WebSocket that echoes every message.
 //! - `GET /_stats`: `connections N`, the TCP connections accepted so far (for connection reuse).
 //!
 //! Prints `listening on ADDR` once bound.
@@ -43,6 +44,9 @@ async fn main() {
                 let big = big.clone();
                 let connections = Arc::clone(&connections);
                 async move {
+                    if req.uri().path() == "/ws" {
+                        return Ok(bench_tools::websocket_echo(req));
+                    }
                     let body = match req.uri().path() {
                         "/1m" => big,
                         "/post" => {
@@ -64,7 +68,7 @@ async fn main() {
                 }
             });
             let _ = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(socket), service)
+                .serve_connection_with_upgrades(TokioIo::new(socket), service)
                 .await;
         });
     }

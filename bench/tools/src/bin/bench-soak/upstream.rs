@@ -26,7 +26,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http_body::{Frame, SizeHint};
 use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
@@ -40,9 +39,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::{MIB, SMALL, pattern};
 
@@ -139,7 +135,8 @@ async fn respond(
             }
             .boxed(),
         ),
-        "/ws" => websocket(req),
+        "/ws" => bench_tools::websocket_echo(req)
+            .map(|body| body.map_err(|never| match never {}).boxed()),
         _ => {
             let mut response = Response::new(full(Bytes::from_static(b"not found\n")));
             *response.status_mut() = StatusCode::NOT_FOUND;
@@ -148,53 +145,6 @@ async fn respond(
     };
     response.headers_mut().insert("x-upstream", name);
     Ok(response)
-}
-
-/// Answer the WebSocket handshake and echo every message on the upgraded connection.
-fn websocket(mut req: Request<Incoming>) -> Response<RespBody> {
-    use http_body_util::BodyExt;
-    let empty = || {
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed()
-    };
-    let key = req.headers().get("sec-websocket-key").cloned();
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = key.filter(|_| upgrade) else {
-        let mut response = Response::new(empty());
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        return response;
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        // After the peer's Close, keep reading: that sends our Close back, and the stream
-        // ends once the handshake is done.
-        while let Some(Ok(message)) = ws.next().await {
-            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut response = Response::new(empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(
-        "sec-websocket-accept",
-        HeaderValue::from_str(&accept).expect("base64 is a header value"),
-    );
-    response
 }
 
 /// A body sent as frames of `chunk` bytes.

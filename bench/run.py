@@ -180,8 +180,10 @@ http {{
     keepalive_requests 1000000;
     # Bodies up to 64 KiB stay in memory: the worker (www-data) need not write temp files.
     client_body_buffer_size 64k;
-    upstream up {{ server 127.0.0.1:{up_ports[0]}; keepalive 128; }}
-    upstream up4 {{ {balanced} keepalive 128; }}
+    # Idle upstream connections kept: at least the most requests in flight (64 HTTP/2
+    # connections x 10 streams), or nginx opens and closes connections under load.
+    upstream up {{ server 127.0.0.1:{up_ports[0]}; keepalive 1024; }}
+    upstream up4 {{ {balanced} keepalive 1024; }}
     server {{
         listen 127.0.0.1:{port} reuseport;
         listen 127.0.0.1:{h2} http2;

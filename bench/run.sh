@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load benchmark, side by side with nginx and haproxy. See bench/README.md for the latest table.
-#   bench/run.sh            full run (about 15 minutes), writes the table into bench/README.md
+#   bench/run.sh            full run (about 20 minutes plus the builds), writes the table into bench/README.md
 #   bench/run.sh --quick    smoke run (a few seconds per target), prints the table only
 set -euo pipefail
 cd "$(dirname "$0")/.."

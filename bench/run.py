@@ -399,6 +399,12 @@ def measure(target, run, up_ports):
 
 
 def idle_memory(target, count):
+    # A few requests first, so that what a proxy sets up once, on its first request
+    # (upstream connections, lazily built state), is in the baseline and not counted
+    # as per-connection memory: ~0.25 KiB per connection for nginx over 8,000.
+    for _ in range(3):
+        http_get(target.port, "/small")
+    time.sleep(0.5)
     idle = rss_kib(target.pid)
     holder = subprocess.Popen(
         ["taskset", "-c", OTHER_CORE, os.path.join(RELEASE, "bench-idle"), f"127.0.0.1:{target.port}", str(count)],

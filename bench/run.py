@@ -148,10 +148,11 @@ class Target:
         return self.proc.pid
 
 
-# What our server adds to every request by default, asked of nginx and haproxy too so that
-# all three do the same work: X-Forwarded-For/-Host/-Proto upstream, and a random request
-# id upstream and back to the client.
-NGINX_FORWARDING = """
+# What every nginx location proxies with: HTTP/1.1 upstream, no buffering, no body limit,
+# and what our server adds to every request by default (asked of haproxy too, so that all
+# do the same work): X-Forwarded-For/-Host/-Proto upstream, and a random request id
+# upstream and back to the client.
+NGINX_LOCATION = """
             proxy_http_version 1.1;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Host $http_host;
@@ -189,17 +190,17 @@ http {{
         listen 127.0.0.1:{h2} http2;
         location / {{
             proxy_pass http://up;
-            proxy_set_header Connection "";{NGINX_FORWARDING}
+            proxy_set_header Connection "";{NGINX_LOCATION}
         }}
         location /b/ {{
             proxy_pass http://up4;
-            proxy_set_header Connection "";{NGINX_FORWARDING}
+            proxy_set_header Connection "";{NGINX_LOCATION}
         }}
         location = /ws {{
             proxy_pass http://up;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection "upgrade";
-            proxy_read_timeout 1h;{NGINX_FORWARDING}
+            proxy_read_timeout 1h;{NGINX_LOCATION}
         }}
     }}
 }}
